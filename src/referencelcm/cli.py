@@ -1,0 +1,42 @@
+"""The ``referencelcm`` command line: ``animate``, ``synth``, ``convert-champ``.
+
+Every sub-command lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``; this file only
+dispatches. Bad input (``ValueError``, ``FileNotFoundError``) is printed as one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help); modules are imported lazily so `--help` stays fast.
+SUBCOMMANDS = {
+    "animate": ("referencelcm.animate", "animate a reference image with a pose-guidance folder"),
+    "synth": ("referencelcm.data.synthdance.cli", "generate a SynthDance dataset in Champ's layout"),
+    "convert-champ": ("referencelcm.convert.champ", "convert Champ checkpoints into a pipeline folder"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="referencelcm", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        subparser = subparsers.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(subparser)
+        subparser.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"referencelcm {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
