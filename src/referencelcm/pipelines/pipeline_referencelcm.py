@@ -1,0 +1,429 @@
+"""ReferenceLCMPipeline: reference image + pose guidance → video, in 2–4 LCM steps (or teacher mode with CFG)."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Any, Callable, Mapping
+
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline, LCMScheduler, UNet2DConditionModel
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.schedulers import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
+from diffusers.video_processor import VideoProcessor
+from einops import rearrange
+from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+from ..models.guidance_encoder import MultiGuidanceEncoder
+from ..models.injection import install_guidance_injection, run_denoising_unet
+from ..models.motion import set_motion_norm_mode
+from ..models.reference_attention import ReferenceBank, check_reference_pairing, install_reference_attention
+from ..training.consistency import guidance_scale_embedding
+from .context import context_windows
+from .inputs import FramesInput, ImageInput, guidance_to_tensors, reference_to_tensor, resize
+from .pipeline_output import ReferenceLCMPipelineOutput
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+class ReferenceLCMPipeline(DiffusionPipeline):
+    r"""Pose-guided human animation with a ReferenceNet (R-UNet + D-UNet) and a latent consistency D-UNet.
+
+    Components (DESIGN §3): ``vae`` (``AutoencoderKL`` / ``AutoencoderTiny``), ``image_encoder``
+    (``CLIPVisionModelWithProjection``), ``feature_extractor`` (``CLIPImageProcessor``), ``reference_unet``
+    (``UNet2DConditionModel``), ``denoising_unet`` (``UNet2DConditionModel`` for images, ``UNetMotionModel`` for
+    video), ``guidance_encoder`` (:class:`MultiGuidanceEncoder`), ``scheduler`` (``LCMScheduler`` for a distilled
+    student; any diffusers scheduler, e.g. DDIM, for a teacher).
+
+    Args:
+        motion_norm_mode: how the D-UNet's motion modules normalise: ``"video"`` (diffusers) or ``"frame"``
+            (Champ / AnimateDiff v1-v2 weights). Stored in ``model_index.json`` and re-applied on load.
+    """
+
+    model_cpu_offload_seq = "image_encoder->reference_unet->guidance_encoder->denoising_unet->vae"
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        image_encoder: CLIPVisionModelWithProjection,
+        feature_extractor: CLIPImageProcessor,
+        reference_unet: UNet2DConditionModel,
+        denoising_unet: torch.nn.Module,
+        guidance_encoder: MultiGuidanceEncoder,
+        scheduler: SchedulerMixin,
+        motion_norm_mode: str = "video",
+    ) -> None:
+        super().__init__()
+        self.register_modules(
+            vae=vae,
+            image_encoder=image_encoder,
+            feature_extractor=feature_extractor,
+            reference_unet=reference_unet,
+            denoising_unet=denoising_unet,
+            guidance_encoder=guidance_encoder,
+            scheduler=scheduler,
+        )
+        self.register_to_config(motion_norm_mode=motion_norm_mode)
+        self.vae_scale_factor = 2 ** (len(_vae_block_channels(vae)) - 1)
+        self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor)
+        self._check_components()
+        self._attention_backend = "sdpa"
+        self._install_hooks()
+
+    # -- setup ---------------------------------------------------------------------------------------------------
+
+    def _check_components(self) -> None:
+        embedding_channels = self.guidance_encoder.config.guidance_embedding_channels
+        if embedding_channels != self.denoising_unet.config.block_out_channels[0]:
+            raise ValueError(
+                f"`guidance_encoder.config.guidance_embedding_channels` ({embedding_channels}) must equal "
+                f"`denoising_unet.config.block_out_channels[0]` ({self.denoising_unet.config.block_out_channels[0]})."
+            )
+        if self.guidance_encoder.downsample_factor != self.vae_scale_factor:
+            raise ValueError(
+                f"The guidance encoder downsamples by {self.guidance_encoder.downsample_factor} but the VAE by "
+                f"{self.vae_scale_factor}; `guidance_encoder.config.block_out_channels` needs "
+                f"{self.vae_scale_factor.bit_length()} entries."
+            )
+        check_reference_pairing(self.reference_unet, self.denoising_unet)
+
+    def _install_hooks(self) -> None:
+        install_reference_attention(self.reference_unet, "write", self._attention_backend)
+        install_reference_attention(self.denoising_unet, "read", self._attention_backend)
+        install_guidance_injection(self.denoising_unet)
+        set_motion_norm_mode(self.denoising_unet, self.config.motion_norm_mode)
+
+    def enable_xformers_memory_efficient_attention(self, attention_op: Callable | None = None) -> None:
+        """Run reference and motion attention with xformers (``pip install 'referencelcm[xformers]'``)."""
+        self._attention_backend = "xformers"
+        self._install_hooks()
+
+    def disable_xformers_memory_efficient_attention(self) -> None:
+        """Go back to PyTorch's ``scaled_dot_product_attention``."""
+        self._attention_backend = "sdpa"
+        self._install_hooks()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "ReferenceLCMPipeline":
+        """Load from a local folder or a Hub repo id.
+
+        diffusers refuses third-party component classes from the Hub, so a repo id is first downloaded with
+        ``huggingface_hub.snapshot_download`` (honouring ``revision``, ``token``, ``cache_dir``,
+        ``local_files_only``, ``force_download``) and then loaded as a local folder.
+        """
+        path = os.fspath(pretrained_model_name_or_path)
+        if not os.path.isdir(path):
+            if os.path.exists(path) or path.startswith((".", os.sep, "~")) or path.count("/") > 1:
+                raise FileNotFoundError(f"`pretrained_model_name_or_path` {path!r} is not a pipeline folder.")
+            from huggingface_hub import snapshot_download
+
+            download_keys = ("revision", "token", "cache_dir", "local_files_only", "force_download")
+            path = snapshot_download(path, **{key: kwargs.pop(key) for key in download_keys if key in kwargs})
+        return super().from_pretrained(path, **kwargs)
+
+    # -- properties ----------------------------------------------------------------------------------------------
+
+    @property
+    def guidance_types(self) -> tuple[str, ...]:
+        """The guidance types the model was trained with (the keys ``guidance`` must hold)."""
+        return tuple(self.guidance_encoder.config.guidance_types)
+
+    @property
+    def spatial_multiple(self) -> int:
+        """Height and width must be multiples of this: VAE factor × the D-UNet's downsampling."""
+        return self.vae_scale_factor * 2 ** (len(self.denoising_unet.config.block_out_channels) - 1)
+
+    # -- stages --------------------------------------------------------------------------------------------------
+
+    def check_inputs(
+        self,
+        guidance: Mapping[str, torch.Tensor],
+        num_inference_steps: int,
+        height: int,
+        width: int,
+        context_frames: int,
+        context_overlap: int,
+        output_type: str,
+        decode_chunk_size: int,
+        callback_on_step_end_tensor_inputs: list[str] | None,
+    ) -> None:
+        """Raise a ``ValueError`` naming the argument for any input the models cannot run on."""
+        expected, given = set(self.guidance_types), set(guidance)
+        if given != expected:
+            raise ValueError(
+                f"`guidance` must hold exactly the guidance types {sorted(expected)} this model was trained with; "
+                f"missing {sorted(expected - given)}, unknown {sorted(given - expected)}."
+            )
+        for name, size in (("height", height), ("width", width)):
+            if size < self.spatial_multiple or size % self.spatial_multiple != 0:
+                raise ValueError(f"`{name}` must be a positive multiple of {self.spatial_multiple}, got {size}.")
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r}.")
+        maximum_steps = self.scheduler.config.num_train_timesteps
+        if isinstance(self.scheduler, LCMScheduler):
+            maximum_steps = self.scheduler.config.original_inference_steps
+        if num_inference_steps > maximum_steps:
+            raise ValueError(
+                f"`num_inference_steps` must be <= {maximum_steps} for {type(self.scheduler).__name__}, "
+                f"got {num_inference_steps}."
+            )
+        if context_frames < 1 or not 0 <= context_overlap < context_frames:
+            raise ValueError(
+                f"`context_overlap` must be in [0, context_frames) with `context_frames` >= 1, got "
+                f"context_frames={context_frames}, context_overlap={context_overlap}."
+            )
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+        if decode_chunk_size < 1:
+            raise ValueError(f"`decode_chunk_size` must be >= 1, got {decode_chunk_size}.")
+        unknown = set(callback_on_step_end_tensor_inputs or []) - set(self._callback_tensor_inputs)
+        if unknown:
+            raise ValueError(
+                f"`callback_on_step_end_tensor_inputs` may only name {self._callback_tensor_inputs}, got {sorted(unknown)}."
+            )
+
+    def encode_reference(
+        self, reference: torch.Tensor, device: torch.device, do_classifier_free_guidance: bool
+    ) -> tuple[torch.Tensor, ReferenceBank]:
+        """Run the CLIP image encoder and the R-UNet once.
+
+        Args:
+            reference: ``(B, 3, H, W)`` in ``[0, 1]`` at the output size.
+
+        Returns:
+            ``image_embeds`` ``(B, 1, D)`` — or ``(2B, 1, D)`` with zeros appended for CFG — and the reference bank,
+            likewise doubled with the unconditional half marked "no reference".
+        """
+        clip_inputs = self.feature_extractor(
+            images=list(reference.permute(0, 2, 3, 1).float().cpu().numpy()), do_rescale=False, return_tensors="pt"
+        ).pixel_values
+        image_embeds = self.image_encoder(clip_inputs.to(device, self.image_encoder.dtype)).image_embeds.unsqueeze(1)
+
+        pixels = (reference * 2 - 1).to(device, self.vae.dtype)
+        reference_latents = _encode_latents(self.vae, pixels)
+        bank = ReferenceBank()
+        timestep = torch.zeros(reference_latents.shape[0], device=device, dtype=torch.long)
+        self.reference_unet(
+            reference_latents.to(self.reference_unet.dtype),
+            timestep,
+            encoder_hidden_states=image_embeds.to(self.reference_unet.dtype),
+            cross_attention_kwargs={"reference_bank": bank},
+            return_dict=False,
+        )
+        if do_classifier_free_guidance:
+            image_embeds = torch.cat([image_embeds, torch.zeros_like(image_embeds)])
+            bank = ReferenceBank.cat([bank, bank.with_drop(torch.ones(bank.batch_size, dtype=torch.bool))])
+        return image_embeds, bank
+
+    def encode_guidance(self, guidance: Mapping[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+        """Encode every guidance frame once: ``{type: (B, 3, F, H, W)}`` → ``(B, C_0, F, h, w)``."""
+        return self.guidance_encoder({name: maps.to(device) for name, maps in guidance.items()})
+
+    def prepare_latents(
+        self,
+        batch_size: int,
+        num_frames: int,
+        height: int,
+        width: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        generator: torch.Generator | list[torch.Generator] | None,
+        latents: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Initial noise ``(B, C, F, h, w)`` scaled by the scheduler's ``init_noise_sigma``."""
+        shape = (
+            batch_size,
+            self.denoising_unet.config.in_channels,
+            num_frames,
+            height // self.vae_scale_factor,
+            width // self.vae_scale_factor,
+        )
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}.")
+        return latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
+
+    def predict(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        image_embeds: torch.Tensor,
+        bank: ReferenceBank,
+        guidance_features: torch.Tensor,
+        timestep_cond: torch.Tensor | None,
+        guidance_scale: float,
+        windows: list[list[int]],
+    ) -> torch.Tensor:
+        """The D-UNet output for all frames: one call per window, averaged where windows overlap.
+
+        With CFG (``image_embeds`` twice the batch) conditional and unconditional inputs share one call.
+        """
+        do_classifier_free_guidance = image_embeds.shape[0] == 2 * latents.shape[0]
+        repeats = 2 if do_classifier_free_guidance else 1
+        prediction = torch.zeros_like(latents, dtype=torch.float32)
+        counts = torch.zeros(latents.shape[2], device=latents.device, dtype=torch.float32)
+        for window in windows:
+            window_latents = self.scheduler.scale_model_input(latents[:, :, window], timestep)
+            output = run_denoising_unet(
+                self.denoising_unet,
+                torch.cat([window_latents] * repeats),
+                timestep,
+                image_embeds,
+                bank,
+                torch.cat([guidance_features[:, :, window]] * repeats),
+                timestep_cond,
+            ).float()
+            if do_classifier_free_guidance:
+                conditional, unconditional = output.chunk(2)
+                output = unconditional + guidance_scale * (conditional - unconditional)
+            prediction[:, :, window] += output
+            counts[window] += 1
+        return (prediction / counts.view(1, 1, -1, 1, 1)).to(latents.dtype)
+
+    def decode_latents(self, latents: torch.Tensor, decode_chunk_size: int) -> torch.Tensor:
+        """``(B, C, F, h, w)`` latents → ``(B, 3, F, H, W)`` pixels in ``[-1, 1]``, ``decode_chunk_size`` frames at a time."""
+        batch_size = latents.shape[0]
+        latents = rearrange(latents, "b c f h w -> (b f) c h w").to(self.vae.dtype)
+        latents = latents / self.vae.config.scaling_factor
+        shift_factor = getattr(self.vae.config, "shift_factor", None)
+        if shift_factor is not None:
+            latents = latents + shift_factor
+        frames = torch.cat([self.vae.decode(chunk).sample for chunk in latents.split(decode_chunk_size)])
+        return rearrange(frames, "(b f) c h w -> b c f h w", b=batch_size).float()
+
+    # -- call ----------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        reference_image: ImageInput,
+        guidance: Mapping[str, FramesInput],
+        num_inference_steps: int = 4,
+        guidance_scale: float = 1.0,
+        height: int | None = None,
+        width: int | None = None,
+        context_frames: int = 24,
+        context_overlap: int = 4,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        decode_chunk_size: int = 8,
+        return_dict: bool = True,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ) -> ReferenceLCMPipelineOutput | tuple:
+        r"""Animate ``reference_image`` along ``guidance``.
+
+        Args:
+            reference_image: PIL image, numpy ``(H, W, 3)`` uint8, or torch ``(3, H, W)`` in ``[0, 1]``; 1- or
+                4-channel images are converted to RGB.
+            guidance: ``{type: frames}`` for exactly :attr:`guidance_types`; frames are a list of PIL images, numpy
+                ``(F, H, W, 3)`` or torch ``(F, 3, H, W)`` in ``[0, 1]``; every type has the same ``F``.
+            num_inference_steps: denoising steps (2–4 for a distilled model, ~20 for a DDIM teacher).
+            guidance_scale: > 1 turns on classifier-free guidance (uncond = zero image embeddings and no reference
+                tokens; guidance kept). With ``denoising_unet.config.time_cond_proj_dim`` set it is embedded instead.
+            height, width: output size; default: the guidance frames' size.
+            context_frames, context_overlap: window length and overlap for long videos.
+            generator, latents: randomness; ``latents`` is ``(1, C, F, h, w)``.
+            output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
+            decode_chunk_size: frames decoded by the VAE at once.
+            callback_on_step_end: called as ``callback(pipe, step, timestep, {"latents": ...})`` after every step;
+                may return ``{"latents": ...}`` to replace them.
+
+        Returns:
+            :class:`ReferenceLCMPipelineOutput` whose ``frames[0]`` is the video (see its docstring), or a tuple.
+        """
+        callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+
+        # 1. Standardise and check inputs
+        reference = reference_to_tensor(reference_image)
+        guidance_maps = guidance_to_tensors(guidance)
+        first_maps = next(iter(guidance_maps.values()))
+        num_frames = first_maps.shape[0]
+        height = height or first_maps.shape[-2]
+        width = width or first_maps.shape[-1]
+        self.check_inputs(
+            guidance_maps, num_inference_steps, height, width, context_frames, context_overlap, output_type,
+            decode_chunk_size, callback_on_step_end_tensor_inputs,
+        )
+        device = self._execution_device
+        reference = resize(reference[None], height, width)
+        guidance_maps = {
+            name: rearrange(resize(maps, height, width), "f c h w -> 1 c f h w") for name, maps in guidance_maps.items()
+        }
+        embeds_guidance = self.denoising_unet.config.time_cond_proj_dim is not None
+        do_classifier_free_guidance = guidance_scale > 1.0 and not embeds_guidance
+
+        # 2. Reference: CLIP embedding and R-UNet bank, once per call
+        image_embeds, bank = self.encode_reference(reference, device, do_classifier_free_guidance)
+
+        # 3. Guidance features, once per call
+        guidance_features = self.encode_guidance(guidance_maps, device)
+
+        # 4. Timesteps
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+
+        # 5. Initial latents
+        latents = self.prepare_latents(
+            1, num_frames, height, width, self.denoising_unet.dtype, device, generator, latents
+        )
+
+        # 6. Guidance-scale embedding for LCMs distilled with one (w = guidance_scale - 1, as diffusers' LCM)
+        timestep_cond = None
+        if embeds_guidance:
+            timestep_cond = guidance_scale_embedding(
+                torch.tensor([guidance_scale - 1.0], device=device), self.denoising_unet.config.time_cond_proj_dim
+            )
+
+        # 7. Denoising loop over context windows
+        windows = context_windows(num_frames, context_frames, context_overlap)
+        step_kwargs = self._step_kwargs(generator)
+        self._num_timesteps = len(timesteps)
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for step_index, timestep in enumerate(timesteps):
+                model_output = self.predict(
+                    latents, timestep, image_embeds, bank, guidance_features, timestep_cond, guidance_scale, windows
+                )
+                latents = self.scheduler.step(model_output, timestep, latents, **step_kwargs, return_dict=False)[0]
+                if callback_on_step_end is not None:
+                    tensors = {name: locals()[name] for name in callback_on_step_end_tensor_inputs}
+                    latents = callback_on_step_end(self, step_index, timestep, tensors).pop("latents", latents)
+                progress_bar.update()
+
+        # 8. Decode
+        if output_type == "latent":
+            video = latents
+        else:
+            video = self.video_processor.postprocess_video(
+                self.decode_latents(latents, decode_chunk_size), output_type=output_type
+            )
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (video,)
+        return ReferenceLCMPipelineOutput(frames=video)
+
+    def _step_kwargs(self, generator: torch.Generator | list[torch.Generator] | None) -> dict[str, Any]:
+        # Only stochastic schedulers (LCM, DDPM, DDIM with eta) take a generator.
+        accepts_generator = "generator" in inspect.signature(self.scheduler.step).parameters
+        return {"generator": generator} if accepts_generator else {}
+
+
+def _vae_block_channels(vae: torch.nn.Module) -> tuple[int, ...]:
+    config = vae.config
+    return tuple(getattr(config, "block_out_channels", None) or config.encoder_block_out_channels)
+
+
+def _encode_latents(vae: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W)`` in ``[-1, 1]`` → scaled latents ``(B, C, h, w)`` (the posterior mode: deterministic)."""
+    encoded = vae.encode(pixels)
+    latents = encoded.latent_dist.mode() if hasattr(encoded, "latent_dist") else encoded.latents
+    shift_factor = getattr(vae.config, "shift_factor", None)
+    if shift_factor is not None:
+        latents = latents - shift_factor
+    return latents * vae.config.scaling_factor
