@@ -5,7 +5,8 @@ Notation follows the paper (CoSeC-LCD, §2.1 and appendix B) and diffusers' late
 - ``alphas_cumprod`` (ᾱ) is the teacher's own noise schedule, read from its diffusers scheduler (so ``beta_schedule``,
   ``trained_betas`` and ``rescale_betas_zero_snr`` are already applied); ``x_t = sqrt(ᾱ_t)·x_0 + sqrt(1 − ᾱ_t)·ε``.
 - The PF-ODE solver Ψ of Eq. 3 is DDIM on a grid of ``num_ddim_timesteps`` timesteps with skip
-  ``k = num_train_timesteps // num_ddim_timesteps``: ``t_{n+k}`` is a grid timestep, ``t_n = t_{n+k} − k`` (clamped at 0).
+  ``k = num_train_timesteps // num_ddim_timesteps``: ``t_{n+k}`` is a grid timestep, ``t_n = t_{n+k} − k``
+  (clamped at 0).
 - The consistency function is Eq. 2, ``f(x_t, t) = c_skip(t)·x_t + c_out(t)·x̂_0``, with ``LCMScheduler``'s
   boundary scalings.
 

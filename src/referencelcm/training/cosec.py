@@ -114,7 +114,9 @@ def temporal_regulariser(
 
 def _ids(ids: torch.Tensor, denoised: torch.Tensor, name: str) -> torch.Tensor:
     if ids.shape != (denoised.shape[0],):
-        raise ValueError(f"`{name}` must have shape ({denoised.shape[0]},) (one id per sample), got {tuple(ids.shape)}.")
+        raise ValueError(
+            f"`{name}` must have shape ({denoised.shape[0]},) (one id per sample), got {tuple(ids.shape)}."
+        )
     return ids.to(denoised.device)
 
 
