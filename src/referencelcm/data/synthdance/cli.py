@@ -1,0 +1,46 @@
+"""``referencelcm synth``: generate a SynthDance dataset in Champ's layout."""
+
+from __future__ import annotations
+
+import argparse
+
+from .writer import DEFAULT_FPS, generate_dataset
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds ``--output --num-videos --num-frames --resolution --seed --split --fps --no-progress``."""
+    parser.add_argument("--output", required=True, help="dataset root to write (created if needed)")
+    parser.add_argument("--num-videos", type=int, default=8, help="number of videos, one identity each (default 8)")
+    parser.add_argument("--num-frames", type=int, default=48, help="frames per video (default 48)")
+    parser.add_argument("--resolution", type=int, default=128, help="square frame size in pixels (default 128)")
+    parser.add_argument("--seed", type=int, default=0, help="dataset seed; same seed, same bytes (default 0)")
+    parser.add_argument("--split", choices=("train", "test"), default="train",
+                        help="train or test; the two draw disjoint identities (default train)")
+    parser.add_argument("--fps", type=int, default=DEFAULT_FPS, help=f"motion frame rate (default {DEFAULT_FPS})")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Writes the dataset; bad values raise ``ValueError`` naming the command-line argument."""
+    for flag, value, minimum in (
+        ("--num-videos", args.num_videos, 1),
+        ("--num-frames", args.num_frames, 1),
+        ("--resolution", args.resolution, 16),
+        ("--fps", args.fps, 1),
+        ("--seed", args.seed, 0),
+    ):
+        if value < minimum:
+            raise ValueError(f"{flag} must be an integer >= {minimum}, got {value}.")
+    root = generate_dataset(
+        args.output,
+        num_videos=args.num_videos,
+        num_frames=args.num_frames,
+        resolution=args.resolution,
+        seed=args.seed,
+        split=args.split,
+        progress=not args.no_progress,
+        fps=args.fps,
+    )
+    print(f"wrote {args.num_videos} {args.split} video(s) x {args.num_frames} frame(s) at "
+          f"{args.resolution}x{args.resolution} to {root}")
+    return 0
