@@ -103,6 +103,9 @@ def build_components(
         scheduler_object = LCMScheduler(**TEACHER_SCHEDULER_CONFIG)
     else:
         scheduler_object = DDIMScheduler(**TEACHER_SCHEDULER_CONFIG)
+    # from_pretrained returns models in eval mode; build them the same way so both compare like for like.
+    for model in (vae, image_encoder, reference_unet, denoising_unet, guidance_encoder):
+        model.eval()
     return dict(
         vae=vae,
         image_encoder=image_encoder,

@@ -121,7 +121,11 @@ class ReferenceLCMPipeline(DiffusionPipeline):
 
             download_keys = ("revision", "token", "cache_dir", "local_files_only", "force_download")
             path = snapshot_download(path, **{key: kwargs.pop(key) for key in download_keys if key in kwargs})
-        return super().from_pretrained(path, **kwargs)
+        pipeline = super().from_pretrained(path, **kwargs)
+        for component in pipeline.components.values():
+            if isinstance(component, torch.nn.Module):
+                _own_aligned_storage(component)
+        return pipeline
 
     # -- properties ----------------------------------------------------------------------------------------------
 
@@ -392,7 +396,8 @@ class ReferenceLCMPipeline(DiffusionPipeline):
                 )
                 latents = self.scheduler.step(model_output, timestep, latents, **step_kwargs, return_dict=False)[0]
                 if callback_on_step_end is not None:
-                    tensors = {name: locals()[name] for name in callback_on_step_end_tensor_inputs}
+                    step_values = locals()
+                    tensors = {name: step_values[name] for name in callback_on_step_end_tensor_inputs}
                     latents = callback_on_step_end(self, step_index, timestep, tensors).pop("latents", latents)
                 progress_bar.update()
 
@@ -412,6 +417,15 @@ class ReferenceLCMPipeline(DiffusionPipeline):
         # Only stochastic schedulers (LCM, DDPM, DDIM with eta) take a generator.
         accepts_generator = "generator" in inspect.signature(self.scheduler.step).parameters
         return {"generator": generator} if accepts_generator else {}
+
+
+@torch.no_grad()
+def _own_aligned_storage(module: torch.nn.Module) -> None:
+    # Weights loaded from safetensors can sit at unaligned offsets of one shared buffer; CPU kernels then take other
+    # SIMD paths and results differ from a freshly built model by ~1e-7. Fresh, aligned copies make save → load exact.
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        if tensor.device.type != "meta":
+            tensor.data = tensor.data.clone()
 
 
 def _vae_block_channels(vae: torch.nn.Module) -> tuple[int, ...]:

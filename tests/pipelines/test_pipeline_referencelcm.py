@@ -1,0 +1,284 @@
+from unittest import mock
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from referencelcm import ReferenceLCMPipeline
+from referencelcm.pipelines.context import context_windows
+
+from ..conftest import GUIDANCE_TYPES, build_components, make_inputs, randomize_guidance_encoder
+
+
+def make_pipe(**kwargs) -> ReferenceLCMPipeline:
+    pipe = ReferenceLCMPipeline(**build_components(**kwargs))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generate(pipe, inputs, seed=0, **kwargs):
+    kwargs.setdefault("num_inference_steps", 2)
+    kwargs.setdefault("output_type", "np")
+    return pipe(**inputs, generator=torch.Generator().manual_seed(seed), **kwargs).frames
+
+
+def count_calls(module) -> list:
+    calls = []
+    module.register_forward_hook(lambda *args: calls.append(1))
+    return calls
+
+
+# -- outputs -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "output_type, expected",
+    [("np", (1, 3, 32, 32, 3)), ("pt", (1, 3, 3, 32, 32)), ("latent", (1, 4, 3, 4, 4))],
+)
+def test_video_output_shapes(pipe, inputs, output_type, expected):
+    frames = generate(pipe, inputs, output_type=output_type)
+    assert tuple(frames.shape) == expected
+    if output_type != "latent":
+        assert frames.min() >= 0 and frames.max() <= 1
+
+
+def test_pil_output_and_default_size(pipe):
+    frames = generate(pipe, make_inputs(num_frames=2, size=64), output_type="pil")
+    assert len(frames) == 1 and len(frames[0]) == 2
+    assert all(isinstance(frame, PIL.Image.Image) and frame.size == (64, 64) for frame in frames[0])
+    resized = generate(pipe, make_inputs(num_frames=1, size=64), output_type="np", height=32, width=64)
+    assert resized.shape == (1, 1, 32, 64, 3)
+
+
+def test_image_mode_with_2d_denoising_unet():
+    pipe = make_pipe(motion=False)
+    frames = generate(pipe, make_inputs(num_frames=1), output_type="pil")
+    assert len(frames[0]) == 1 and frames[0][0].size == (32, 32)
+    assert generate(pipe, make_inputs(num_frames=3)).shape == (1, 3, 32, 32, 3)
+
+
+def test_return_tuple(pipe, inputs):
+    (frames,) = pipe(**inputs, num_inference_steps=1, output_type="np", return_dict=False)
+    assert frames.shape == (1, 3, 32, 32, 3)
+
+
+# -- what runs how often -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_frames, context_frames, context_overlap, steps", [(3, 24, 4, 2), (7, 3, 1, 3), (5, 2, 1, 1)])
+def test_call_counts(pipe, num_frames, context_frames, context_overlap, steps):
+    reference_calls = count_calls(pipe.reference_unet)
+    clip_calls = count_calls(pipe.image_encoder)
+    guidance_calls = count_calls(pipe.guidance_encoder)
+    denoising_calls = count_calls(pipe.denoising_unet)
+    generate(
+        pipe, make_inputs(num_frames), num_inference_steps=steps, context_frames=context_frames,
+        context_overlap=context_overlap, output_type="latent",
+    )
+    windows = len(context_windows(num_frames, context_frames, context_overlap))
+    assert len(reference_calls) == len(clip_calls) == len(guidance_calls) == 1
+    assert len(denoising_calls) == steps * windows
+
+
+def test_teacher_mode_batches_cfg_in_one_call():
+    pipe = make_pipe(scheduler="ddim")
+    denoising_calls = count_calls(pipe.denoising_unet)
+    batch_sizes = []
+    pipe.denoising_unet.register_forward_pre_hook(lambda module, args: batch_sizes.append(args[0].shape[0]))
+    inputs = make_inputs(2)
+    guided = generate(pipe, inputs, num_inference_steps=3, guidance_scale=3.5)
+    assert len(denoising_calls) == 3 and set(batch_sizes) == {2}
+    unguided = generate(pipe, inputs, num_inference_steps=3, guidance_scale=1.0)
+    assert np.isfinite(guided).all() and not np.allclose(guided, unguided, atol=1e-4)
+
+
+def test_unconditional_branch_has_no_reference_and_zero_embeddings():
+    pipe = make_pipe(scheduler="ddim")
+    seen = {}
+
+    def spy(module, args, kwargs):
+        seen["embeds"] = kwargs["encoder_hidden_states"]
+        seen["drop"] = kwargs["cross_attention_kwargs"]["reference_bank"].drop_mask()
+
+    pipe.denoising_unet.register_forward_pre_hook(spy, with_kwargs=True)
+    generate(pipe, make_inputs(2), num_inference_steps=1, guidance_scale=2.0, output_type="latent")
+    frames = 2
+    assert seen["drop"].tolist() == [False, True]
+    assert seen["embeds"][frames:].abs().max() == 0 and seen["embeds"][:frames].abs().max() > 0
+
+
+def test_window_averaging_is_exact(pipe):
+    constant = 0.37
+
+    def constant_unet(unet, latents, *args, **kwargs):
+        return torch.full_like(latents, constant)
+
+    with mock.patch("referencelcm.pipelines.pipeline_referencelcm.run_denoising_unet", side_effect=constant_unet):
+        for num_frames, context_frames, overlap in [(1, 24, 4), (9, 4, 1), (10, 4, 3), (25, 24, 4), (7, 2, 1)]:
+            latents = torch.randn(1, 4, num_frames, 4, 4)
+            prediction = pipe.predict(
+                latents, torch.tensor(1), torch.zeros(1, 1, 16), None, torch.zeros(1, 8, num_frames, 4, 4),
+                None, 1.0, context_windows(num_frames, context_frames, overlap),
+            )
+            assert torch.allclose(prediction, torch.full_like(latents, constant), atol=1e-6)
+
+
+def test_fresh_guidance_encoder_leaves_output_unchanged(pipe, inputs):
+    baseline = generate(pipe, inputs, output_type="latent")
+    other_guidance = make_inputs(seed=5)["guidance"]
+    assert torch.equal(generate(pipe, {**inputs, "guidance": other_guidance}, output_type="latent"), baseline)
+
+
+def test_reference_and_guidance_change_the_output(pipe, inputs):
+    randomize_guidance_encoder(pipe.guidance_encoder)
+    baseline = generate(pipe, inputs)
+    other_reference = make_inputs(seed=7)["reference_image"]
+    other_guidance = make_inputs(seed=8)["guidance"]
+    assert not np.allclose(generate(pipe, {**inputs, "reference_image": other_reference}), baseline, atol=1e-4)
+    assert not np.allclose(generate(pipe, {**inputs, "guidance": other_guidance}), baseline, atol=1e-4)
+
+
+def test_guidance_scale_embedding_is_used():
+    pipe = make_pipe(time_cond_proj_dim=8)
+    inputs = make_inputs(2)
+    calls = count_calls(pipe.denoising_unet)
+    low = generate(pipe, inputs, guidance_scale=1.0, output_type="latent")
+    high = generate(pipe, inputs, guidance_scale=8.0, output_type="latent")
+    assert len(calls) == 4  # embedded guidance: no CFG batch, one call per step
+    assert not torch.allclose(low, high, atol=1e-5)
+
+
+# -- determinism, callbacks, decoding, dtype -----------------------------------------------------------------------
+
+
+def test_generator_determinism(pipe, inputs):
+    first, second = generate(pipe, inputs, seed=3), generate(pipe, inputs, seed=3)
+    assert np.array_equal(first, second)
+    assert not np.allclose(first, generate(pipe, inputs, seed=4), atol=1e-4)
+
+
+def test_latents_argument_and_its_shape_check(pipe, inputs):
+    latents = torch.randn(1, 4, 3, 4, 4)
+    assert np.array_equal(generate(pipe, inputs, latents=latents, seed=1), generate(pipe, inputs, latents=latents, seed=1))
+    with pytest.raises(ValueError, match="`latents` must have shape"):
+        generate(pipe, inputs, latents=torch.randn(1, 4, 2, 4, 4))
+
+
+def test_callback_on_step_end_sees_and_replaces_latents(pipe, inputs):
+    steps = []
+
+    def callback(pipeline, step, timestep, tensors):
+        steps.append(step)
+        return {"latents": torch.zeros_like(tensors["latents"])}
+
+    latents = generate(pipe, inputs, num_inference_steps=3, output_type="latent", callback_on_step_end=callback)
+    assert steps == [0, 1, 2] and latents.abs().max() == 0
+
+
+def test_decode_chunk_size_does_not_change_frames(pipe):
+    inputs = make_inputs(5)
+    assert np.allclose(generate(pipe, inputs, decode_chunk_size=1), generate(pipe, inputs, decode_chunk_size=8), atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision(pipe, inputs, dtype):
+    pipe.to(dtype)
+    frames = generate(pipe, inputs, num_inference_steps=1)
+    assert pipe.denoising_unet.dtype == dtype and np.isfinite(frames).all()
+
+
+def test_reference_image_with_one_or_four_channels_is_converted(pipe, inputs):
+    rgb = inputs["reference_image"]
+    rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=-1)
+    assert np.allclose(generate(pipe, {**inputs, "reference_image": rgba}), generate(pipe, inputs), atol=1e-5)
+    grey = PIL.Image.fromarray(rgb[..., 0], mode="L")
+    assert generate(pipe, {**inputs, "reference_image": grey}).shape == (1, 3, 32, 32, 3)
+    torch_grey = torch.rand(1, 32, 32)
+    assert generate(pipe, {**inputs, "reference_image": torch_grey}).shape == (1, 3, 32, 32, 3)
+
+
+def test_guidance_as_pil_numpy_and_torch_agree(pipe, inputs):
+    as_uint8 = {name: (maps.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8) for name, maps in inputs["guidance"].items()}
+    as_pil = {name: [PIL.Image.fromarray(frame) for frame in frames] for name, frames in as_uint8.items()}
+    from_numpy = generate(pipe, {**inputs, "guidance": as_uint8})
+    assert np.allclose(generate(pipe, {**inputs, "guidance": as_pil}), from_numpy, atol=1e-6)
+
+
+# -- saving and loading --------------------------------------------------------------------------------------------
+
+
+def test_save_load_round_trip(tmp_path, pipe, inputs):
+    randomize_guidance_encoder(pipe.guidance_encoder)
+    pipe.register_to_config(motion_norm_mode="frame")
+    pipe._install_hooks()
+    expected = generate(pipe, inputs)
+    pipe.save_pretrained(tmp_path)
+    loaded = ReferenceLCMPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.config.motion_norm_mode == "frame"
+    assert type(loaded.scheduler).__name__ == "LCMScheduler"
+    assert np.array_equal(generate(loaded, inputs), expected)
+
+
+def test_hub_repo_id_is_downloaded_then_loaded_locally(tmp_path, pipe, inputs):
+    pipe.save_pretrained(tmp_path)
+    with mock.patch("huggingface_hub.snapshot_download", return_value=str(tmp_path)) as download:
+        loaded = ReferenceLCMPipeline.from_pretrained("someone/referencelcm-tiny", revision="main")
+    download.assert_called_once_with("someone/referencelcm-tiny", revision="main")
+    loaded.set_progress_bar_config(disable=True)
+    assert np.array_equal(generate(loaded, inputs), generate(pipe, inputs))
+
+
+def test_missing_local_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a pipeline folder"):
+        ReferenceLCMPipeline.from_pretrained(str(tmp_path / "nope"))
+
+
+# -- bad input -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda i: i["guidance"].pop("depth"), "missing \\['depth'\\]"),
+        (lambda i: i["guidance"].update(normal=i["guidance"]["depth"]), "unknown \\['normal'\\]"),
+        (lambda i: i["guidance"].update(depth=i["guidance"]["depth"][:2]), "same number of frames"),
+        (lambda i: i["guidance"].update(depth=i["guidance"]["depth"][:0], dwpose=i["guidance"]["dwpose"][:0]), "no frames"),
+        (lambda i: i.update(guidance={}), "non-empty"),
+        (lambda i: i["guidance"].update(depth=i["guidance"]["depth"] * 3), "values in \\[0, 1\\]"),
+        (lambda i: i["guidance"].update(depth=i["guidance"]["depth"][0]), "\\(F, 3, H, W\\)"),
+        (lambda i: i.update(reference_image=torch.rand(1, 3, 32, 32)), "\\(C, H, W\\)"),
+        (lambda i: i.update(reference_image=torch.rand(3, 32, 32) * 2), "values in \\[0, 1\\]"),
+        (lambda i: i.update(reference_image=torch.rand(2, 32, 32)), "1, 3 or 4 channels"),
+        (lambda i: i.update(height=36), "`height` must be a positive multiple of 16"),
+        (lambda i: i.update(width=8), "`width` must be a positive multiple of 16"),
+        (lambda i: i.update(num_inference_steps=0), "`num_inference_steps` must be an integer >= 1"),
+        (lambda i: i.update(num_inference_steps=51), "`num_inference_steps` must be <= 50"),
+        (lambda i: i.update(context_frames=4, context_overlap=4), "`context_overlap`"),
+        (lambda i: i.update(output_type="gif"), "`output_type`"),
+        (lambda i: i.update(decode_chunk_size=0), "`decode_chunk_size`"),
+    ],
+)
+def test_bad_input_raises_a_clear_error(pipe, inputs, change, message):
+    change(inputs)
+    inputs.setdefault("output_type", "latent")
+    with pytest.raises(ValueError, match=message):
+        pipe(**inputs)
+
+
+def test_too_many_steps_for_a_ddim_teacher():
+    pipe = make_pipe(scheduler="ddim")
+    with pytest.raises(ValueError, match="<= 1000"):
+        pipe(**make_inputs(1), num_inference_steps=1001)
+
+
+def test_mismatched_components_are_rejected():
+    components = build_components()
+    components["guidance_encoder"] = type(components["guidance_encoder"])(GUIDANCE_TYPES, 3, (8, 16, 16, 32), 16, 4)
+    with pytest.raises(ValueError, match="guidance_embedding_channels"):
+        ReferenceLCMPipeline(**components)
+    components = build_components()
+    components["guidance_encoder"] = type(components["guidance_encoder"])(GUIDANCE_TYPES, 3, (8, 16, 32), 8, 4)
+    with pytest.raises(ValueError, match="downsamples by 4"):
+        ReferenceLCMPipeline(**components)
