@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -303,8 +304,6 @@ def converted(champ_sources, tmp_path_factory) -> tuple[Path, object]:
 
 
 def _copy_tree(champ_sources, tmp_path) -> Path:
-    import shutil
-
     root = tmp_path / "pretrained_models"
     shutil.copytree(champ_sources["root"], root)
     return root
@@ -430,6 +429,17 @@ def test_keys_without_destination_fail_loudly(champ_sources, tmp_path, file_name
     with pytest.raises(ValueError, match=stray_key.replace(".", r"\.")):
         convert_champ(root, output, log=None)
     assert not output.exists() and not list(tmp_path.glob(".out.*"))
+
+
+class _NotATensor:
+    pass
+
+
+def test_files_holding_objects_are_not_unpickled(champ_sources, tmp_path):
+    root = _copy_tree(champ_sources, tmp_path)
+    torch.save({"conv_in.weight": _NotATensor()}, root / "champ" / "guidance_encoder_depth.pth")
+    with pytest.raises(ValueError, match="weights_only=True"):
+        convert_champ(root, tmp_path / "out", guidance_types=["depth"], log=None)
 
 
 def test_missing_keys_fail_unless_sd_weights_fill_them(champ_sources, tmp_path):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import pickle
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -195,9 +196,15 @@ def _guidance_files(checkpoints: Path, guidance_types: Sequence[str] | None) -> 
 def load_champ_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """Read a Champ ``.pth`` state dict safely (``weights_only=True``, memory-mapped when the format allows)."""
     try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"{path}: cannot be read with torch.load(weights_only=True), so it holds more than tensors; refusing to "
+            f"unpickle arbitrary objects ({str(error).splitlines()[0]})."
+        ) from error
     if isinstance(state_dict, Mapping) and "state_dict" in state_dict:
         state_dict = state_dict["state_dict"]
     if not isinstance(state_dict, Mapping) or not all(isinstance(value, torch.Tensor) for value in state_dict.values()):
