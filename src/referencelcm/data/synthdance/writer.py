@@ -163,7 +163,7 @@ def _is_complete(video_dir: Path, meta: dict) -> bool:
     if not meta_path.is_file():
         return False
     try:
-        return json.loads(meta_path.read_text(encoding="utf-8")) == meta
+        return json.loads(meta_path.read_text(encoding="utf-8")) == json.loads(json.dumps(meta))
     except (OSError, json.JSONDecodeError):
         return False
 
@@ -187,6 +187,8 @@ def write_video(spec: VideoSpec, root: Path, progress_bar: tqdm | None = None) -
     if final.exists():
         shutil.rmtree(final)
     os.replace(temporary, final)
+    for stale in root.glob(f"{_TEMPORARY_PREFIX}{spec.video_id}-*"):  # left by interrupted runs
+        shutil.rmtree(stale, ignore_errors=True)
     return final
 
 

@@ -1,0 +1,235 @@
+"""SynthDance: layout, byte determinism, agreement of the six maps, distinct identities, smooth moving bodies."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from referencelcm.data.layout import CHAMP_FOLDERS, CHAMP_GUIDANCE_TYPES, IMAGE_FOLDER, MASK_FOLDER
+from referencelcm.data.synthdance import MAP_NAMES, cli, generate_dataset, pose_video, render_video, sample_video_spec
+from referencelcm.data.synthdance.appearance import clothing_pairs
+from referencelcm.data.synthdance.body import JOINT_INDEX, JOINT_NAMES, BodyShape, forward_kinematics, rotation_y
+from referencelcm.data.synthdance.motion import Motion
+from referencelcm.data.synthdance.openpose import KEYPOINT_NAMES, openpose_keypoints
+from referencelcm.data.synthdance.renderer import SEMANTIC_COLOURS, Camera
+
+NUM_VIDEOS, NUM_FRAMES, RESOLUTION, SEED = 3, 6, 64, 11
+
+
+def _synth(output: Path, *extra: str) -> int:
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args(
+        ["--output", str(output), "--num-videos", str(NUM_VIDEOS), "--num-frames", str(NUM_FRAMES),
+         "--resolution", str(RESOLUTION), "--seed", str(SEED), "--no-progress", *extra]
+    )
+    return cli.run(args)
+
+
+@pytest.fixture(scope="module")
+def dataset_roots(tmp_path_factory) -> tuple[Path, Path]:
+    """The same tiny train set generated twice through the CLI."""
+    first, second = tmp_path_factory.mktemp("synth_a"), tmp_path_factory.mktemp("synth_b")
+    assert _synth(first) == 0
+    assert _synth(second) == 0
+    return first, second
+
+
+def _read(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    padded = np.pad(mask, radius)
+    height, width = mask.shape
+    out = np.zeros_like(mask)
+    for dy in range(2 * radius + 1):
+        for dx in range(2 * radius + 1):
+            out |= padded[dy : dy + height, dx : dx + width]
+    return out
+
+
+def test_layout_index_and_meta(dataset_roots):
+    root = dataset_roots[0]
+    index = json.loads((root / "index.json").read_text())
+    video_ids = [entry["video_id"] for entry in index["videos"]]
+    assert sorted(path.name for path in root.iterdir() if path.is_dir()) == sorted(video_ids)
+    assert len(video_ids) == NUM_VIDEOS and index["split"] == "train" and index["seed"] == SEED
+    expected_files = [f"{frame:04d}.png" for frame in range(NUM_FRAMES)]
+    for video_id in video_ids:
+        assert sorted(folder.name for folder in (root / video_id).iterdir() if folder.is_dir()) == sorted(MAP_NAMES)
+        for folder in MAP_NAMES:
+            assert sorted(path.name for path in (root / video_id / folder).iterdir()) == expected_files
+            with Image.open(root / video_id / folder / "0000.png") as image:
+                assert image.size == (RESOLUTION, RESOLUTION) and image.mode == "RGB"
+        meta = json.loads((root / video_id / "meta.json").read_text())
+        assert meta["fps"] == 24 and meta["num_frames"] == NUM_FRAMES and isinstance(meta["motion_seed"], int)
+        assert {"shape", "appearance", "identity_id"} <= set(meta["identity"])
+    assert set(MAP_NAMES) == set(CHAMP_FOLDERS) == {IMAGE_FOLDER, MASK_FOLDER, *CHAMP_GUIDANCE_TYPES}
+
+
+def test_same_seed_gives_identical_bytes(dataset_roots):
+    first, second = dataset_roots
+    files = sorted(path.relative_to(first) for path in first.rglob("*") if path.is_file())
+    assert files == sorted(path.relative_to(second) for path in second.rglob("*") if path.is_file())
+    assert len(files) == NUM_VIDEOS * (len(MAP_NAMES) * NUM_FRAMES + 1) + 1
+    for relative in files:
+        assert (first / relative).read_bytes() == (second / relative).read_bytes(), relative
+
+
+def test_other_seed_and_split_differ(tmp_path):
+    root = generate_dataset(tmp_path, 1, 2, 32, seed=SEED + 1, progress=False)
+    other = generate_dataset(tmp_path / "test", 1, 2, 32, seed=SEED, split="test", progress=False)
+    reference = render_video(sample_video_spec(SEED, 0, 2, 32))["images"][0]
+    assert not np.array_equal(_read(root / "train_00000" / "images" / "0000.png"), reference)
+    assert not np.array_equal(_read(other / "test_00000" / "images" / "0000.png"), reference)
+
+
+def test_maps_agree_and_skeleton_lies_on_the_body(dataset_roots):
+    root = dataset_roots[0]
+    for video in sorted(path for path in root.iterdir() if path.is_dir()):
+        for frame in range(NUM_FRAMES):
+            maps = {name: _read(video / name / f"{frame:04d}.png") for name in MAP_NAMES}
+            mask = maps["mask"].any(axis=2)
+            assert set(np.unique(maps["mask"])) <= {0, 255}
+            assert 0.05 < mask.mean() < 0.6
+            for name in ("semantic_map", "depth", "normal"):
+                np.testing.assert_array_equal(maps[name].any(axis=2), mask, err_msg=f"{video.name} {name} {frame}")
+            skeleton = maps["dwpose"].any(axis=2)
+            assert skeleton.sum() > 20
+            assert not (skeleton & ~_dilate(mask, 3)).any(), f"{video.name} frame {frame}: skeleton off the body"
+            # The person is drawn over the background, and depth is brighter nearer the camera (range checked).
+            depth = maps["depth"][..., 0][mask]
+            assert depth.min() >= 51 and depth.max() <= 255 and np.all(maps["depth"][..., 0] == maps["depth"][..., 2])
+            assert (maps["normal"][..., 2][mask] >= 127).all()  # visible normals face the viewer
+
+
+def test_semantic_colours_are_distinct_and_not_black():
+    assert len({tuple(colour) for colour in SEMANTIC_COLOURS}) == len(SEMANTIC_COLOURS)
+    assert SEMANTIC_COLOURS.max(axis=1).min() > 0
+
+
+def test_identities_differ(dataset_roots):
+    root = dataset_roots[0]
+    metas = [json.loads((video / "meta.json").read_text()) for video in sorted(root.iterdir()) if video.is_dir()]
+    outfits = [(meta["identity"]["appearance"]["shirt"], meta["identity"]["appearance"]["pants"]) for meta in metas]
+    assert len(set(outfits)) == len(outfits)
+    mean_colours = []
+    for video in sorted(path for path in root.iterdir() if path.is_dir()):
+        image, mask = _read(video / "images" / "0000.png"), _read(video / "mask" / "0000.png").any(axis=2)
+        mean_colours.append(image[mask].mean(axis=0))
+    for first in range(len(mean_colours)):
+        for second in range(first + 1, len(mean_colours)):
+            assert np.abs(mean_colours[first] - mean_colours[second]).max() > 10
+
+
+def test_train_and_test_identities_are_disjoint():
+    train, test = set(clothing_pairs("train")), set(clothing_pairs("test"))
+    assert train and test and not train & test
+    test_outfits = {
+        (spec.identity.appearance.shirt, spec.identity.appearance.pants)
+        for spec in (sample_video_spec(SEED, index, 2, 32, split="test") for index in range(20))
+    }
+    assert test_outfits <= test and len(test_outfits) == 20
+
+
+def test_bodies_move_smoothly_and_fill_the_frame():
+    camera = Camera(128)
+    heights = []
+    for index in range(6):
+        spec = sample_video_spec(SEED, index, 96, 128)
+        poses, zoom, pan = pose_video(spec)
+        pixels = camera.to_pixels(poses.positions, zoom, pan)[..., :2]  # (T, J, 2)
+        step = np.abs(np.diff(pixels, axis=0)).max(axis=(1, 2))
+        assert step.max() < 6.0, "a joint jumps between frames"
+        assert np.abs(pixels[1:] - pixels[0]).max() > 5.0, "the body does not move"
+        head_to_ankle = pixels[:, JOINT_INDEX["left_ankle"], 1].max() - pixels[:, JOINT_INDEX["head"], 1].min()
+        heights.append(head_to_ankle / 128)
+    assert 0.45 < np.median(heights) < 0.8
+
+
+def test_turns_show_front_side_and_back_views():
+    yaws = []
+    for index in range(40):
+        motion = Motion.sample(sample_video_spec(SEED, index, 2, 32).motion_seed)
+        yaws.append(motion.evaluate(np.arange(96) / 24).yaw)
+    facing = np.abs((np.concatenate(yaws) + np.pi) % (2 * np.pi) - np.pi)
+    assert (facing < 0.5).mean() > 0.1 and ((facing > 1.2) & (facing < 1.9)).mean() > 0.05 and (facing > 2.6).mean() > 0.05
+
+
+def test_face_keypoints_hide_when_seen_from_behind():
+    shape = BodyShape()
+    local = np.tile(np.eye(3), (2, len(JOINT_NAMES), 1, 1))
+    poses = forward_kinematics(shape, local, rotation_y(np.array([0.0, np.pi])), np.zeros((2, 3)))
+    _, visible = openpose_keypoints(poses, shape, np.array([0.0, 0.1, 0.0]))
+    nose, right_ear = KEYPOINT_NAMES.index("nose"), KEYPOINT_NAMES.index("right_ear")
+    assert visible[0, nose] and not visible[1, nose]
+    assert visible[:, right_ear].all()
+
+
+def test_render_video_shapes():
+    video = render_video(sample_video_spec(SEED, 0, 3, 48))
+    assert set(video) == set(MAP_NAMES)
+    for frames in video.values():
+        assert frames.shape == (3, 48, 48, 3) and frames.dtype == np.uint8
+
+
+def test_interrupted_write_leaves_no_complete_video_and_rerun_resumes(tmp_path, monkeypatch):
+    from referencelcm.data.synthdance import writer
+
+    real_render_frames = writer.render_frames
+
+    def failing_render_frames(spec):
+        for frame, maps in enumerate(real_render_frames(spec)):
+            if spec.index == 1 and frame == 1:
+                raise KeyboardInterrupt
+            yield maps
+
+    monkeypatch.setattr(writer, "render_frames", failing_render_frames)
+    with pytest.raises(KeyboardInterrupt):
+        generate_dataset(tmp_path, 2, 3, 32, seed=SEED, progress=False)
+    assert (tmp_path / "train_00000" / "meta.json").is_file()
+    assert not (tmp_path / "train_00001").exists() and not (tmp_path / "index.json").exists()
+    monkeypatch.setattr(writer, "render_frames", real_render_frames)
+    kept = (tmp_path / "train_00000" / "images" / "0000.png").stat().st_mtime_ns
+    generate_dataset(tmp_path, 2, 3, 32, seed=SEED, progress=False)
+    assert (tmp_path / "train_00000" / "images" / "0000.png").stat().st_mtime_ns == kept  # complete video reused
+    assert (tmp_path / "train_00001" / "meta.json").is_file() and (tmp_path / "index.json").is_file()
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+@pytest.mark.parametrize(
+    "flag, value", [("--num-videos", "0"), ("--num-frames", "0"), ("--resolution", "8"), ("--seed", "-1")]
+)
+def test_cli_rejects_bad_values_naming_the_argument(tmp_path, flag, value):
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    arguments = ["--output", str(tmp_path), "--no-progress", flag, value]
+    with pytest.raises(ValueError, match=flag):
+        cli.run(parser.parse_args(arguments))
+
+
+def test_api_rejects_bad_values(tmp_path):
+    with pytest.raises(ValueError, match="num_videos"):
+        generate_dataset(tmp_path, 0, 2, 32, seed=0)
+    with pytest.raises(ValueError, match="split"):
+        generate_dataset(tmp_path, 1, 2, 32, seed=0, split="validation")
+
+
+def test_referencelcm_synth_command(tmp_path, capsys):
+    from referencelcm.cli import build_parser, main
+
+    try:
+        build_parser()
+    except ModuleNotFoundError as error:  # another sub-command's module is not written yet
+        pytest.skip(f"referencelcm CLI incomplete: {error}")
+    assert main(["synth", "--output", str(tmp_path), "--num-videos", "1", "--num-frames", "2", "--resolution",
+                 "32", "--no-progress"]) == 0
+    assert (tmp_path / "train_00000" / "dwpose" / "0001.png").is_file()
+    assert main(["synth", "--output", str(tmp_path), "--num-videos", "0"]) == 2
+    assert "--num-videos" in capsys.readouterr().err
