@@ -1,0 +1,118 @@
+"""Evaluate a distilled student (and optionally its teacher) on a Champ-layout test set: the paper's Table 3.
+
+    python examples/evaluate.py --model out/student --teacher out/teacher --data data/synthdance_test \\
+        --steps 1 2 4 8 --teacher_steps 2 4 8 20 --output_dir eval/
+
+Writes ``report.json``, ``table.md`` (method × steps × SSIM / PSNR / L1 / flicker [/ LPIPS / FID / FVD] + seconds per
+frame), ``quality_vs_steps.png`` and side-by-side samples (reference | ground truth | generated) under ``samples/``.
+The student runs with an LCMScheduler and ``--guidance_scale`` (1: no CFG); the teacher with its own scheduler (DDIM)
+and ``--teacher_guidance_scale`` (3.5). LPIPS / FID / FVD run only when their local weight files are given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from diffusers import LCMScheduler
+
+from referencelcm import ReferenceLCMPipeline
+from referencelcm.evaluation import QualityMetrics, evaluate_model, load_test_videos, write_plot, write_report
+from referencelcm.metrics import FrechetDistance, LearnedPerceptualDistance
+from referencelcm.training.consistency import student_lcm_scheduler_from_teacher
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="student pipeline folder (or Hub id)")
+    parser.add_argument("--teacher", default=None, help="teacher pipeline folder, evaluated with its own scheduler")
+    parser.add_argument("--data", required=True, help="Champ-layout test set root")
+    parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--teacher_steps", type=int, nargs="+", default=None, help="default: --steps plus 20")
+    parser.add_argument("--guidance_scale", type=float, default=1.0, help="student CFG scale (1 = off)")
+    parser.add_argument("--teacher_guidance_scale", type=float, default=3.5)
+    parser.add_argument("--output_dir", default="evaluation")
+    parser.add_argument("--num_videos", type=int, default=None, help="first N test videos (default: all)")
+    parser.add_argument("--max_frames", type=int, default=None, help="generated frames per video (default: all)")
+    parser.add_argument("--resolution", type=int, default=None, help="resize frames to R x R (default: file size)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--context_frames", type=int, default=24)
+    parser.add_argument("--context_overlap", type=int, default=4)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    parser.add_argument("--lpips_linear_weights", default=None, help="lpips weights/v0.1/<net>.pth (local)")
+    parser.add_argument("--lpips_backbone_weights", default=None, help="torchvision backbone state dict (local)")
+    parser.add_argument("--lpips_net", default="alex", choices=("alex", "vgg", "squeeze"))
+    parser.add_argument("--fid_feature_network", default=None, help="image feature network file (TorchScript/pt2)")
+    parser.add_argument("--fvd_feature_network", default=None, help="video feature network file (TorchScript/pt2)")
+    parser.add_argument("--no_progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def load_pipeline(path: str, device: str, dtype: torch.dtype) -> ReferenceLCMPipeline:
+    dtype_kwargs = {} if dtype == torch.float32 else {"torch_dtype": dtype}
+    pipe = ReferenceLCMPipeline.from_pretrained(path, **dtype_kwargs).to(device)
+    pipe.set_progress_bar_config(disable=True, leave=False)
+    return pipe
+
+
+def build_metrics(args: argparse.Namespace) -> QualityMetrics:
+    metrics = QualityMetrics()
+    if args.lpips_linear_weights or args.lpips_backbone_weights:
+        metrics.lpips = LearnedPerceptualDistance(args.lpips_linear_weights, args.lpips_backbone_weights, net=args.lpips_net)
+    if args.fid_feature_network:
+        metrics.fid = FrechetDistance(args.fid_feature_network)
+    if args.fvd_feature_network:
+        metrics.fvd = FrechetDistance(args.fvd_feature_network)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    dtype = getattr(torch, args.dtype)
+    progress = not args.no_progress
+    output_dir = Path(args.output_dir)
+
+    # 1. Models: the student always samples with an LCMScheduler on its own noise schedule
+    student = load_pipeline(args.model, args.device, dtype)
+    if not isinstance(student.scheduler, LCMScheduler):
+        print(f"--model has a {type(student.scheduler).__name__}; sampling the student with an LCMScheduler instead.")
+        student.scheduler = student_lcm_scheduler_from_teacher(student.scheduler)
+    teacher = load_pipeline(args.teacher, args.device, dtype) if args.teacher else None
+
+    # 2. Test set and optional learned metrics, read once and shared by both models
+    videos = load_test_videos(args.data, student.guidance_types, args.num_videos, args.max_frames, args.resolution)
+    if teacher is not None and set(teacher.guidance_types) != set(student.guidance_types):
+        raise ValueError(
+            f"--teacher uses guidance types {list(teacher.guidance_types)} but --model {list(student.guidance_types)}."
+        )
+    metrics = build_metrics(args)
+
+    # 3. Evaluate
+    common = dict(
+        videos=videos, seed=args.seed, context_frames=args.context_frames, context_overlap=args.context_overlap,
+        sample_dir=output_dir / "samples", metrics=metrics, progress=progress,
+    )
+    rows = []
+    if teacher is not None:
+        teacher_steps = args.teacher_steps or sorted(set(args.steps) | {20})
+        rows += evaluate_model(teacher, None, teacher_steps, args.teacher_guidance_scale, "teacher", **common)
+    rows += evaluate_model(student, None, args.steps, args.guidance_scale, "student", **common)
+
+    # 4. Report
+    settings = {key: value for key, value in vars(args).items() if key != "no_progress"}
+    paths = write_report(rows, output_dir, settings)
+    plot = write_plot(rows, output_dir / "quality_vs_steps.png")
+    print(paths["table"].read_text(encoding="utf-8"))
+    print(f"wrote {paths['report']}, {paths['table']}" + (f", {plot}" if plot else "") + f", {output_dir / 'samples'}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (FileNotFoundError, ValueError, ImportError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
