@@ -10,7 +10,7 @@ setup(
     packages=find_packages("src"),
     python_requires=">=3.10",
     install_requires=[
-        "diffusers>=0.33",
+        "diffusers>=0.42",
         "torch>=2.1",
         "transformers>=4.45",
         "accelerate>=1.0",

@@ -1,0 +1,131 @@
+"""Build freshly initialised pipeline components from size settings (no download): tests, demos, benchmarks."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, LCMScheduler, MotionAdapter, UNet2DConditionModel, UNetMotionModel
+from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+from ..models.guidance_encoder import MultiGuidanceEncoder
+
+# The teacher schedule of DESIGN §2 (Champ's): v-prediction, zero terminal SNR, trailing timesteps.
+TEACHER_SCHEDULER_CONFIG = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    prediction_type="v_prediction",
+    rescale_betas_zero_snr=True,
+    timestep_spacing="trailing",
+    clip_sample=False,
+    set_alpha_to_one=False,
+)
+
+
+def unet_2d_config(
+    sample_size: int,
+    block_out_channels: Sequence[int] = (8, 16),
+    cross_attention_dim: int = 16,
+    attention_head_dim: int = 2,
+    norm_num_groups: int = 2,
+    time_cond_proj_dim: int | None = None,
+) -> dict:
+    """A ``UNet2DConditionModel`` config: cross-attention in every block but the deepest (SD1.5's pattern)."""
+    depth = len(block_out_channels)
+    return dict(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=tuple(block_out_channels),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D",) * (depth - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (depth - 1),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=attention_head_dim,
+        norm_num_groups=norm_num_groups,
+        time_cond_proj_dim=time_cond_proj_dim,
+    )
+
+
+def build_components(
+    image_size: int = 32,
+    guidance_types: Sequence[str] = ("depth", "normal", "semantic_map", "dwpose"),
+    motion: bool = True,
+    time_cond_proj_dim: int | None = None,
+    scheduler: str = "lcm",
+    unet_block_out_channels: Sequence[int] = (8, 16),
+    vae_block_out_channels: Sequence[int] = (8, 8, 16, 16),
+    cross_attention_dim: int = 16,
+    norm_num_groups: int = 2,
+    seed: int = 0,
+) -> dict:
+    """Every :class:`ReferenceLCMPipeline` component, freshly initialised from ``seed`` (defaults: tiny, CPU-fast).
+
+    The VAE downsamples by ``2 ** (len(vae_block_out_channels) - 1)``; the guidance encoder matches it. Models are
+    returned in eval mode, as ``from_pretrained`` returns them. ``scheduler`` is ``"lcm"`` (student) or ``"ddim"``
+    (teacher), both on the teacher schedule :data:`TEACHER_SCHEDULER_CONFIG`.
+    """
+    if scheduler not in ("lcm", "ddim"):
+        raise ValueError(f"`scheduler` must be 'lcm' or 'ddim', got {scheduler!r}.")
+    torch.manual_seed(seed)
+    vae_depth = len(vae_block_out_channels)
+    vae = AutoencoderKL(
+        block_out_channels=tuple(vae_block_out_channels),
+        down_block_types=("DownEncoderBlock2D",) * vae_depth,
+        up_block_types=("UpDecoderBlock2D",) * vae_depth,
+        latent_channels=4,
+        norm_num_groups=norm_num_groups,
+        layers_per_block=1,
+        sample_size=image_size,
+    )
+    image_encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=16,
+            projection_dim=cross_attention_dim,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=32,
+            image_size=32,
+            patch_size=8,
+        )
+    )
+    feature_extractor = CLIPImageProcessor(crop_size=32, size={"shortest_edge": 32})
+    latent_size = image_size // 2 ** (vae_depth - 1)
+    unet_kwargs = dict(
+        sample_size=latent_size,
+        block_out_channels=unet_block_out_channels,
+        cross_attention_dim=cross_attention_dim,
+        norm_num_groups=norm_num_groups,
+    )
+    reference_unet = UNet2DConditionModel(**unet_2d_config(**unet_kwargs))
+    denoising_unet = UNet2DConditionModel(**unet_2d_config(**unet_kwargs, time_cond_proj_dim=time_cond_proj_dim))
+    if motion:
+        adapter = MotionAdapter(
+            block_out_channels=tuple(unet_block_out_channels),
+            motion_layers_per_block=1,
+            motion_norm_num_groups=norm_num_groups,
+            motion_num_attention_heads=2,
+            motion_max_seq_length=32,
+        )
+        denoising_unet = UNetMotionModel.from_unet2d(denoising_unet, adapter)
+    first_width = unet_block_out_channels[0]
+    guidance_encoder = MultiGuidanceEncoder(
+        tuple(guidance_types),
+        guidance_input_channels=3,
+        block_out_channels=(first_width,) + (2 * first_width,) * (vae_depth - 2) + (4 * first_width,),
+        guidance_embedding_channels=first_width,
+        attention_num_heads=4,
+    )
+    scheduler_class = LCMScheduler if scheduler == "lcm" else DDIMScheduler
+    for model in (vae, image_encoder, reference_unet, denoising_unet, guidance_encoder):
+        model.eval()
+    return dict(
+        vae=vae,
+        image_encoder=image_encoder,
+        feature_extractor=feature_extractor,
+        reference_unet=reference_unet,
+        denoising_unet=denoising_unet,
+        guidance_encoder=guidance_encoder,
+        scheduler=scheduler_class(**TEACHER_SCHEDULER_CONFIG),
+    )

@@ -1,0 +1,84 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio.v3 as iio
+import pytest
+import torch
+
+from referencelcm import ReferenceLCMPipeline
+from referencelcm.animate import parse_frame_range
+from referencelcm.cli import main
+from referencelcm.data.synthdance import generate_dataset
+
+from ..conftest import build_components
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def video_dir(tmp_path_factory) -> Path:
+    root = generate_dataset(tmp_path_factory.mktemp("synth"), 1, 4, 32, seed=3, split="test", progress=False)
+    return next(path for path in sorted(Path(root).iterdir()) if path.is_dir())
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("model")
+    types = ("depth", "normal", "semantic_map", "dwpose")
+    ReferenceLCMPipeline(**build_components(guidance_types=types)).save_pretrained(path)
+    return path
+
+
+def test_animate_writes_video_and_grid(tmp_path, video_dir, model_dir):
+    output = tmp_path / "out" / "result.mp4"
+    code = main([
+        "animate", "--model", str(model_dir), "--reference", str(video_dir / "images" / "0000.png"),
+        "--guidance", str(video_dir), "--output", str(output), "--frames", "1:4", "--steps", "2", "--grid",
+    ])
+    assert code == 0
+    frames = iio.imread(output)
+    assert frames.shape[0] == 3 and frames.shape[-1] == 3
+    grid = iio.imread(output.with_name("result_grid.mp4"))
+    assert grid.shape[0] == 3 and grid.shape[2] > frames.shape[2] * 5  # reference | 4 maps | result
+    assert not [p for p in output.parent.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_missing_guidance_type_is_named(tmp_path, video_dir, model_dir, capsys):
+    broken = tmp_path / "video"
+    broken.mkdir()
+    for name in ("images", "depth", "normal", "semantic_map"):
+        (broken / name).symlink_to(video_dir / name)
+    code = main(["animate", "--model", str(model_dir), "--guidance", str(broken), "--output", str(tmp_path / "o.mp4")])
+    assert code == 2
+    assert "dwpose" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, expected", [("2:10", slice(2, 10)), (":8", slice(None, 8)), ("0:9:2", slice(0, 9, 2)), (None, None)])
+def test_frame_range(text, expected):
+    assert parse_frame_range(text) == expected
+
+
+@pytest.mark.parametrize("text", ["5", "a:b", "1:2:3:4"])
+def test_bad_frame_range(text):
+    with pytest.raises(ValueError, match="--frames"):
+        parse_frame_range(text)
+
+
+def test_example_script_runs_the_demo(tmp_path):
+    output = tmp_path / "demo.mp4"
+    result = subprocess.run(
+        [sys.executable, str(REPOSITORY / "examples" / "inference.py"), "--output", str(output), "--steps", "1"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert output.is_file() and output.stat().st_size > 0
+
+
+def test_module_entry_point_prints_errors_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "referencelcm.cli", "animate", "--model", str(tmp_path / "missing"), "--guidance", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2
+    assert "error:" in result.stderr and "Traceback" not in result.stderr
