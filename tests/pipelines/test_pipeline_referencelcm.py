@@ -211,7 +211,7 @@ def test_guidance_as_pil_numpy_and_torch_agree(pipe, inputs):
 def test_save_load_round_trip(tmp_path, pipe, inputs):
     randomize_guidance_encoder(pipe.guidance_encoder)
     pipe.register_to_config(motion_norm_mode="frame")
-    pipe._install_hooks()
+    pipe._install_hooks("sdpa")
     expected = generate(pipe, inputs)
     pipe.save_pretrained(tmp_path)
     loaded = ReferenceLCMPipeline.from_pretrained(tmp_path)
@@ -282,3 +282,27 @@ def test_mismatched_components_are_rejected():
     components["guidance_encoder"] = type(components["guidance_encoder"])(GUIDANCE_TYPES, 3, (8, 16, 32), 8, 4)
     with pytest.raises(ValueError, match="downsamples by 4"):
         ReferenceLCMPipeline(**components)
+
+
+def test_xformers_without_the_package_is_a_clear_error_and_changes_nothing(pipe, inputs):
+    try:
+        import xformers  # noqa: F401
+
+        pytest.skip("xformers is installed")
+    except ImportError:
+        pass
+    expected = generate(pipe, inputs, output_type="latent")
+    with pytest.raises(ValueError, match="xformers"):
+        pipe.enable_xformers_memory_efficient_attention()
+    assert torch.equal(generate(pipe, inputs, output_type="latent"), expected)
+
+
+def test_offload_hooks_keep_the_output(pipe, inputs):
+    """What enable_model_cpu_offload installs (accelerate's offload hooks), with the CPU as execution device."""
+    from accelerate import cpu_offload_with_hook
+
+    expected = generate(pipe, inputs)
+    hook = None
+    for name in pipe.model_cpu_offload_seq.split("->"):
+        _, hook = cpu_offload_with_hook(getattr(pipe, name), execution_device="cpu", prev_module_hook=hook)
+    assert np.array_equal(generate(pipe, inputs), expected)

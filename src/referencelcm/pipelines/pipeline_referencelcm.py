@@ -69,8 +69,7 @@ class ReferenceLCMPipeline(DiffusionPipeline):
         self.vae_scale_factor = 2 ** (len(_vae_block_channels(vae)) - 1)
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor)
         self._check_components()
-        self._attention_backend = "sdpa"
-        self._install_hooks()
+        self._install_hooks("sdpa")
 
     # -- setup ---------------------------------------------------------------------------------------------------
 
@@ -89,21 +88,26 @@ class ReferenceLCMPipeline(DiffusionPipeline):
             )
         check_reference_pairing(self.reference_unet, self.denoising_unet)
 
-    def _install_hooks(self) -> None:
-        install_reference_attention(self.reference_unet, "write", self._attention_backend)
-        install_reference_attention(self.denoising_unet, "read", self._attention_backend)
+    def _install_hooks(self, attention_backend: str) -> None:
+        # Idempotent: re-run after anything that replaces processors or modules (xformers toggles, config changes).
+        install_reference_attention(self.reference_unet, "write", attention_backend)
+        install_reference_attention(self.denoising_unet, "read", attention_backend)
         install_guidance_injection(self.denoising_unet)
         set_motion_norm_mode(self.denoising_unet, self.config.motion_norm_mode)
 
     def enable_xformers_memory_efficient_attention(self, attention_op: Callable | None = None) -> None:
-        """Run reference and motion attention with xformers (``pip install 'referencelcm[xformers]'``)."""
-        self._attention_backend = "xformers"
-        self._install_hooks()
+        """Run reference and motion attention with xformers (``pip install 'referencelcm[xformers]'``).
+
+        diffusers' default would replace the reference processors with plain ones, so this re-installs them with
+        the xformers backend instead. ``attention_op`` is not supported and must be ``None``.
+        """
+        if attention_op is not None:
+            raise ValueError("`attention_op` is not supported by the reference attention processors; pass None.")
+        self._install_hooks("xformers")
 
     def disable_xformers_memory_efficient_attention(self) -> None:
         """Go back to PyTorch's ``scaled_dot_product_attention``."""
-        self._attention_backend = "sdpa"
-        self._install_hooks()
+        self._install_hooks("sdpa")
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "ReferenceLCMPipeline":
