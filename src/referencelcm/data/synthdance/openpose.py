@@ -71,7 +71,7 @@ def openpose_keypoints(poses: BodyPoses, shape: BodyShape, head_center: np.ndarr
     for name, unit_point in face.items():
         index = KEYPOINT_NAMES.index(name)
         direction = unit_point / np.linalg.norm(unit_point)
-        points[:, index] = center + head_rotation @ (0.92 * direction * radii)
+        points[:, index] = center + head_rotation @ (0.8 * direction * radii)
         facing = (head_rotation @ direction) @ toward_camera
         threshold = -0.35 if name.endswith("ear") else _FACE_VISIBILITY
         visible[:, index] = facing > threshold

@@ -123,7 +123,7 @@ class SynthDanceRenderer:
         self._columns = np.arange(resolution, dtype=np.float64)[None, :] + 0.5
         self._rows = np.arange(resolution, dtype=np.float64)[:, None] + 0.5
         self.line_width = max(1, round(resolution / 64))
-        self.point_radius = max(1, round(resolution / 100))
+        self.point_radius = max(1, round(resolution / 128))
 
     # ------------------------------------------------------------------ geometry
     def _geometry(self, poses: BodyPoses, zoom: np.ndarray, pan: np.ndarray) -> _PartGeometry:
