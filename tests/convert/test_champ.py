@@ -124,7 +124,9 @@ class ChampGuidanceEncoder(nn.Module):
     """Champ's ``GuidanceEncoder`` layout: an attention after every conv, a ``guidance_attention``; only
     ``attentions[-1]`` runs."""
 
-    def __init__(self, block_out_channels=GUIDANCE_BLOCK_OUT_CHANNELS, embedding_channels=32, heads=HEADS) -> None:
+    def __init__(
+        self, block_out_channels=GUIDANCE_BLOCK_OUT_CHANNELS, embedding_channels=32, heads=HEADS, groups=32
+    ) -> None:
         super().__init__()
         self.conv_in = nn.Conv2d(3, block_out_channels[0], 3, padding=1)
         self.blocks, self.attentions = nn.ModuleList(), nn.ModuleList()
@@ -132,8 +134,8 @@ class ChampGuidanceEncoder(nn.Module):
             self.blocks.append(nn.Conv2d(channels_in, channels_in, 3, padding=1))
             self.attentions.append(_SpatialTransformer(channels_in, heads, groups=1))
             self.blocks.append(nn.Conv2d(channels_in, channels_out, 3, padding=1, stride=2))
-            self.attentions.append(_SpatialTransformer(channels_out, heads, groups=32))
-        self.guidance_attention = _SpatialTransformer(block_out_channels[-1], heads, groups=32)
+            self.attentions.append(_SpatialTransformer(channels_out, heads, groups=groups))
+        self.guidance_attention = _SpatialTransformer(block_out_channels[-1], heads, groups=groups)
         self.conv_out = nn.Conv2d(block_out_channels[-1], embedding_channels, 3, padding=1)
 
     def forward(self, guidance: torch.Tensor) -> torch.Tensor:
@@ -176,9 +178,9 @@ class _TemporalBlock(nn.Module):
 
 
 class _TemporalTransformer(nn.Module):
-    def __init__(self, channels: int, heads: int, max_len: int) -> None:
+    def __init__(self, channels: int, heads: int, max_len: int, groups: int) -> None:
         super().__init__()
-        self.norm = nn.GroupNorm(32, channels, eps=1e-6)
+        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
         self.proj_in = nn.Linear(channels, channels)
         self.transformer_blocks = nn.ModuleList([_TemporalBlock(channels, heads, max_len)])
         self.proj_out = nn.Linear(channels, channels)
@@ -187,9 +189,9 @@ class _TemporalTransformer(nn.Module):
 class ChampMotionModule(nn.Module):
     """AnimateDiff-v2 ``VanillaTemporalModule`` as Champ runs it: GroupNorm on every frame on its own."""
 
-    def __init__(self, channels: int, heads: int = HEADS, max_len: int = MOTION_MAX_LEN) -> None:
+    def __init__(self, channels: int, heads: int = HEADS, max_len: int = MOTION_MAX_LEN, groups: int = 32) -> None:
         super().__init__()
-        self.temporal_transformer = _TemporalTransformer(channels, heads, max_len)
+        self.temporal_transformer = _TemporalTransformer(channels, heads, max_len, groups)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:  # (B, C, F, H, W)
         batch, _, num_frames, height, _ = video.shape
@@ -242,11 +244,11 @@ def _tiny_vae() -> AutoencoderKL:
     )
 
 
-def _tiny_image_encoder() -> CLIPVisionModelWithProjection:
+def _tiny_image_encoder(projection_dim: int) -> CLIPVisionModelWithProjection:
     config = CLIPVisionConfig(
         hidden_size=32,
         intermediate_size=37,
-        projection_dim=32,
+        projection_dim=projection_dim,
         num_hidden_layers=2,
         num_attention_heads=4,
         image_size=32,
@@ -255,38 +257,43 @@ def _tiny_image_encoder() -> CLIPVisionModelWithProjection:
     return CLIPVisionModelWithProjection(config)
 
 
-@pytest.fixture(scope="module")
-def champ_sources(tmp_path_factory) -> dict:
-    """A tiny ``pretrained_models/`` tree in Champ's layout, and the modules its files were written from."""
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("champ") / "pretrained_models"
+def write_champ_tree(
+    root: Path,
+    unet_config: dict = UNET_CONFIG,
+    guidance_channels: tuple = GUIDANCE_BLOCK_OUT_CHANNELS,
+    groups: int = 32,
+    position_tables: bool = True,
+) -> dict:
+    """Write a tiny ``pretrained_models/`` tree in Champ's layout; return the modules its files were written from.
+
+    ``groups`` is the group count of the Champ-format attentions and motion modules (Champ: 32), for widths below 32.
+    """
     checkpoints = root / "champ"
     checkpoints.mkdir(parents=True)
-
-    denoising_unet = _randomise(UNet2DConditionModel(**UNET_CONFIG), seed=1)
+    denoising_unet = _randomise(UNet2DConditionModel(**unet_config), seed=1)
     denoising_unet.save_config(root / "stable-diffusion-v1-5" / "unet")
     torch.save(denoising_unet.state_dict(), checkpoints / "denoising_unet.pth")
-    reference_unet = _randomise(UNet2DConditionModel(**UNET_CONFIG), seed=2)
+    reference_unet = _randomise(UNet2DConditionModel(**unet_config), seed=2)
     reference = {key: value for key, value in reference_unet.state_dict().items() if key not in REFERENCE_HEAD_KEYS}
     torch.save(reference, checkpoints / "reference_unet.pth")
 
     motion_modules, motion_state_dict = {}, {}
-    for seed, (prefix, width) in enumerate(_motion_locations(UNET_CONFIG["block_out_channels"], 2)):
-        module = _randomise(ChampMotionModule(width), seed=100 + seed)
-        motion_modules[prefix] = module
-        motion_state_dict.update({f"{prefix}.{key}": value for key, value in module.state_dict().items()})
+    locations = _motion_locations(unet_config["block_out_channels"], unet_config["layers_per_block"])
+    for seed, (prefix, width) in enumerate(locations):
+        motion_modules[prefix] = _randomise(ChampMotionModule(width, groups=groups), seed=100 + seed)
+        for key, value in motion_modules[prefix].state_dict().items():
+            if position_tables or not key.endswith(".pe"):
+                motion_state_dict[f"{prefix}.{key}"] = value
     torch.save(motion_state_dict, checkpoints / "motion_module.pth")
 
     guidance_encoders = {}
     for seed, name in enumerate(GUIDANCE_TYPES):
-        guidance_encoders[name] = _randomise(ChampGuidanceEncoder(), seed=200 + seed)
+        encoder = ChampGuidanceEncoder(guidance_channels, unet_config["block_out_channels"][0], groups=groups)
+        guidance_encoders[name] = _randomise(encoder, seed=200 + seed)
         torch.save(guidance_encoders[name].state_dict(), checkpoints / f"guidance_encoder_{name}.pth")
 
     _tiny_vae().save_pretrained(root / "sd-vae-ft-mse")
-    _tiny_image_encoder().save_pretrained(root / "image_encoder")
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
-        root / "image_encoder"
-    )
+    _tiny_image_encoder(unet_config["cross_attention_dim"]).save_pretrained(root / "image_encoder")
     return {
         "root": root,
         "denoising_unet": denoising_unet.state_dict(),
@@ -294,6 +301,17 @@ def champ_sources(tmp_path_factory) -> dict:
         "motion_modules": motion_modules,
         "guidance_encoders": guidance_encoders,
     }
+
+
+@pytest.fixture(scope="module")
+def champ_sources(tmp_path_factory) -> dict:
+    """A tiny Champ tree with Champ's group counts, and an image-encoder folder with its own preprocessor config."""
+    torch.manual_seed(0)
+    sources = write_champ_tree(tmp_path_factory.mktemp("champ") / "pretrained_models")
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        sources["root"] / "image_encoder"
+    )
+    return sources
 
 
 @pytest.fixture(scope="module")
@@ -500,3 +518,33 @@ def test_converted_folder_loads_as_pipeline_and_generates(converted):
     ).frames
     assert frames.shape == (1, 2, 64, 64, 3)
     assert frames.min() >= 0 and frames.max() <= 1 and not (frames != frames).any()
+
+
+def test_shape_only_checkpoints_with_small_groups_and_no_position_tables(tmp_path):
+    """Champ-shaped files for an 8/16-wide UNet with 4 groups and no ``pos_encoder.pe`` buffers: the conversion
+    warns that the motion norm groups are not Champ's, uses diffusers' (identical) position table, and runs."""
+    from diffusers.models.embeddings import SinusoidalPositionalEmbedding
+
+    from referencelcm import ReferenceLCMPipeline
+
+    config = dict(UNET_CONFIG, block_out_channels=(8, 16), norm_num_groups=4, cross_attention_dim=16)
+    sources = write_champ_tree(tmp_path / "pretrained_models", config, (8, 16, 16, 32), groups=4, position_tables=False)
+    report = convert_champ(sources["root"], tmp_path / "out", log=None)
+    assert any("norm_num_groups=4" in warning for warning in report.warnings)
+    assert any("pos_embed.pe" in key for entry in report.filled for key in entry.keys)
+
+    pipe = ReferenceLCMPipeline.from_pretrained(tmp_path / "out")
+    table = pipe.denoising_unet.get_submodule("mid_block.motion_modules.0.transformer_blocks.0.pos_embed").pe
+    torch.testing.assert_close(table, SinusoidalPositionalEmbedding(16, max_seq_length=32).pe)
+    champ = sources["motion_modules"]["down_blocks.1.motion_modules.0"]
+    video = torch.randn(1, 16, 3, 2, 2, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        actual = pipe.denoising_unet.get_submodule("down_blocks.1.motion_modules.0")(
+            rearrange(video, "b c f h w -> (b f) c h w"), num_frames=3
+        )
+        torch.testing.assert_close(actual, rearrange(champ(video), "b c f h w -> (b f) c h w"), atol=1e-5, rtol=1e-5)
+    generator = torch.Generator().manual_seed(0)
+    guidance = {name: torch.rand(2, 3, 32, 32, generator=generator) for name in GUIDANCE_TYPES}
+    image = torch.rand(3, 32, 32, generator=generator)
+    frames = pipe(image, guidance, num_inference_steps=2, guidance_scale=3.5, output_type="np").frames
+    assert frames.shape == (1, 2, 32, 32, 3)

@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import json
 import pickle
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -38,7 +39,9 @@ from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 from ..models.guidance_encoder import MultiGuidanceEncoder
 from ..models.motion import set_motion_norm_mode
 from .champ_keys import (
-    ALLOWED_MISSING,
+    MOTION_ALLOWED_MISSING,
+    REFERENCE_UNET_ALLOWED_MISSING,
+    AllowedMissing,
     CHAMP_GUIDANCE_TYPES,
     CHAMP_MOTION_NORM_GROUPS,
     DroppedKeys,
@@ -235,6 +238,7 @@ class ConversionReport:
     dropped: list[DroppedKeys] = field(default_factory=list)
     filled: list[FilledKeys] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def format(self) -> str:
         """The report as printed by the CLI."""
@@ -260,6 +264,7 @@ class ConversionReport:
         ]
         lines.append("Unexpected keys: none (every other key of the Champ files was converted)")
         lines += [f"Note: {note}" for note in self.notes]
+        lines += [f"Warning: {warning}" for warning in self.warnings]
         return "\n".join(lines)
 
 
@@ -293,12 +298,12 @@ def _load_accounted(
     source: str,
     report: ConversionReport,
     base: _BaseWeights | None = None,
+    allowed_missing: Sequence[AllowedMissing] = (),
 ) -> None:
     """Load ``state_dict`` into ``module`` so that no tensor is dropped and no parameter is left untrained.
 
-    Unexpected keys and shape mismatches raise. Missing keys are filled from :data:`ALLOWED_MISSING` (documented
-    constants), else from ``base`` (the SD1.5 UNet, exactly as Champ's loader does), else raise. Records what it did
-    in ``report``.
+    Unexpected keys and shape mismatches raise. Missing keys are filled as ``allowed_missing`` documents, else from
+    ``base`` (the SD1.5 UNet, exactly as Champ's loader does), else raise. Records what it did in ``report``.
     """
     expected = module.state_dict()
     unexpected = sorted(set(state_dict) - set(expected))
@@ -315,15 +320,16 @@ def _load_accounted(
             "Check the UNet config / guidance layout against the one Champ was trained with."
         )
     full = dict(state_dict)
-    missing = sorted(set(expected) - set(state_dict))
-    allowed = ALLOWED_MISSING.get(component, {})
+    remaining = []
     by_reason: dict[str, list[str]] = {}
-    for key in [key for key in missing if key in allowed]:
-        reason, value = allowed[key]
-        full[key] = torch.full_like(expected[key], value)
-        by_reason.setdefault(reason, []).append(key)
+    for key in sorted(set(expected) - set(state_dict)):
+        rule = next((rule for rule in allowed_missing if re.fullmatch(rule.pattern, key)), None)
+        if rule is None:
+            remaining.append(key)
+            continue
+        full[key] = expected[key] if rule.fill is None else torch.full_like(expected[key], rule.fill)
+        by_reason.setdefault(rule.reason, []).append(key)
     report.filled += [FilledKeys(component, tuple(keys), reason) for reason, keys in by_reason.items()]
-    remaining = [key for key in missing if key not in allowed]
     if remaining:
         full.update(_from_base(remaining, component, source, base))
         report.filled.append(FilledKeys(component, tuple(remaining), f"from {base.path}, as Champ's loader does"))
@@ -374,7 +380,7 @@ def build_reference_unet(
     Champ loads this file with ``strict=False``; here only its documented gap (the output head) may be missing.
     """
     unet = UNet2DConditionModel.from_config(unet_config)
-    _load_accounted(unet, state_dict, "reference_unet", source, report, base)
+    _load_accounted(unet, state_dict, "reference_unet", source, report, base, REFERENCE_UNET_ALLOWED_MISSING)
     return unet
 
 
@@ -400,13 +406,18 @@ def build_denoising_unet(
 
     motion, dropped = convert_motion_state_dict({**motion_state_dict, **overriding}, motion_source)
     report.dropped += dropped
+    # The group count is no weight; UNetMotionModel gives its motion modules the UNet's (checked below).
     adapter_config = infer_motion_adapter_config(
-        motion, unet2d.config.block_out_channels, motion_num_attention_heads, motion_source
+        motion,
+        unet2d.config.block_out_channels,
+        motion_num_attention_heads,
+        motion_source,
+        motion_norm_num_groups=unet2d.config.norm_num_groups,
     )
-    _check_motion_fits(unet2d.config, adapter_config, motion_source)
+    _check_motion_fits(unet2d.config, adapter_config, motion_source, report)
     report.notes.append(f"motion adapter config read from {motion_source}: {adapter_config}")
     adapter = MotionAdapter(**adapter_config)
-    _load_accounted(adapter, motion, "denoising_unet", motion_source, report)
+    _load_accounted(adapter, motion, "denoising_unet", motion_source, report, allowed_missing=MOTION_ALLOWED_MISSING)
 
     with _quiet_diffusers():  # from_unet2d's internal .to(dtype) warns about fp32 modules even when there are none
         denoising_unet = UNetMotionModel.from_unet2d(unet2d, adapter)
@@ -425,11 +436,13 @@ def _quiet_diffusers() -> Iterator[None]:
         diffusers_logging.set_verbosity(verbosity)
 
 
-def _check_motion_fits(unet_config: Mapping, adapter_config: Mapping, source: str) -> None:
+def _check_motion_fits(unet_config: Mapping, adapter_config: Mapping, source: str, report: ConversionReport) -> None:
     if unet_config["norm_num_groups"] != CHAMP_MOTION_NORM_GROUPS:
-        raise ValueError(
-            f"UNet config norm_num_groups={unet_config['norm_num_groups']}, but diffusers' UNetMotionModel gives its "
-            f"motion modules the UNet's group count and Champ's motion modules use {CHAMP_MOTION_NORM_GROUPS}."
+        # Not an error: the group count is no weight, and a UNet config other than SD1.5's (32) is not Champ's anyway.
+        report.warnings.append(
+            f"the UNet config has norm_num_groups={unet_config['norm_num_groups']}; diffusers' UNetMotionModel gives its "
+            f"motion modules the UNet's group count, while Champ's motion modules always use "
+            f"{CHAMP_MOTION_NORM_GROUPS}, so their normalisation differs from Champ's (SD1.5's config has 32)."
         )
     layers_per_block = unet_config["layers_per_block"]
     if isinstance(layers_per_block, int):

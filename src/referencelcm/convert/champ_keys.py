@@ -36,16 +36,31 @@ REASON_DUPLICATE_POSITION_TABLE = (
 REASON_REFERENCE_HEAD = (
     "Champ's reference UNet has no output head (its output is never used): GroupNorm set to identity, conv_out to zero"
 )
-# Keys a component may lack in Champ's files: key -> (reason, constant it is filled with). Anything else missing is an
-# error (or, when the SD1.5 UNet weights are at hand, filled from them exactly as Champ's own loader does).
-ALLOWED_MISSING = {
-    "reference_unet": {
-        "conv_norm_out.weight": (REASON_REFERENCE_HEAD, 1.0),
-        "conv_norm_out.bias": (REASON_REFERENCE_HEAD, 0.0),
-        "conv_out.weight": (REASON_REFERENCE_HEAD, 0.0),
-        "conv_out.bias": (REASON_REFERENCE_HEAD, 0.0),
-    },
-}
+REASON_POSITION_TABLE_ABSENT = (
+    "no pos_encoder.pe in the file: diffusers' sinusoidal table is used, the same formula as AnimateDiff's "
+    "PositionalEncoding, so nothing changes"
+)
+# Champ's configs/*.yaml: temporal_position_encoding_max_len: 32 (used when the file has no table to read it from).
+CHAMP_MOTION_MAX_SEQ_LENGTH = 32
+
+
+@dataclass(frozen=True)
+class AllowedMissing:
+    """Parameters a component may lack in Champ's files, why, and their value (``None``: keep the freshly built,
+    deterministic value). Anything else missing is an error, or, when the SD1.5 UNet weights are at hand, filled
+    from them exactly as Champ's own loader does."""
+
+    pattern: str  # a regular expression matched against the whole key
+    reason: str
+    fill: float | None
+
+
+REFERENCE_UNET_ALLOWED_MISSING = (
+    AllowedMissing(r"conv_norm_out\.weight", REASON_REFERENCE_HEAD, 1.0),
+    AllowedMissing(r"conv_norm_out\.bias", REASON_REFERENCE_HEAD, 0.0),
+    AllowedMissing(r"conv_out\.(weight|bias)", REASON_REFERENCE_HEAD, 0.0),
+)
+MOTION_ALLOWED_MISSING = (AllowedMissing(r".*\.pos_embed\.pe", REASON_POSITION_TABLE_ABSENT, None),)
 
 _MOTION_KEY = re.compile(r"^(?P<location>down_blocks\.\d+|up_blocks\.\d+|mid_block)\.motion_modules\.(?P<index>\d+)\.")
 _ATTENTION_KEY = re.compile(r"^attentions\.(?P<index>\d+)\.(?P<rest>.+)$")
@@ -249,6 +264,7 @@ def infer_motion_adapter_config(
     block_out_channels: Sequence[int],
     motion_num_attention_heads: int,
     source: str,
+    motion_norm_num_groups: int = CHAMP_MOTION_NORM_GROUPS,
 ) -> dict:
     """Read a ``MotionAdapter`` config from converted motion weights (see :func:`convert_motion_state_dict`).
 
@@ -290,19 +306,14 @@ def infer_motion_adapter_config(
     if len(transformer_layers) != 1:
         raise ValueError(f"{source}: motion modules have differing transformer depths {sorted(transformer_layers)}.")
     tables = [tensor for key, tensor in motion_state_dict.items() if key.endswith(".pos_embed.pe")]
-    if not tables:
-        raise ValueError(
-            f"{source}: no `pos_encoder.pe` tables; diffusers' motion modules always add sinusoidal position "
-            "embeddings, so motion modules trained without them cannot be converted."
-        )
     return {
         "block_out_channels": tuple(block_out_channels),
         "motion_layers_per_block": tuple(down_counts),
         "motion_transformer_layers_per_block": transformer_layers.pop(),
         "motion_mid_block_layers_per_block": max(len(modules.get("mid_block", ())), 1),
         "motion_num_attention_heads": motion_num_attention_heads,
-        "motion_norm_num_groups": CHAMP_MOTION_NORM_GROUPS,
-        "motion_max_seq_length": int(tables[0].shape[1]),
+        "motion_norm_num_groups": motion_norm_num_groups,
+        "motion_max_seq_length": int(tables[0].shape[1]) if tables else CHAMP_MOTION_MAX_SEQ_LENGTH,
         "use_motion_mid_block": "mid_block" in modules,
     }
 
