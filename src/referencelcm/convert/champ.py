@@ -600,7 +600,7 @@ def convert_champ(
         scheduler.save_pretrained(staging / "scheduler")
         log(f"image encoder, VAE <- {paths.image_encoder}, {paths.vae}")
         vae_factor = _write_image_models(paths, unet_config, staging, torch_dtype)
-        # 3. guidance encoders, one at a time in memory with the other components
+        # 3. guidance encoders: one MultiGuidanceEncoder holding every requested type
         log(f"guidance encoders <- {', '.join(path.name for path in paths.guidance_encoders.values())}")
         state_dicts = {name: load_champ_checkpoint(path) for name, path in paths.guidance_encoders.items()}
         sources = {name: path.name for name, path in paths.guidance_encoders.items()}
