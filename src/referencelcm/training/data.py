@@ -290,12 +290,18 @@ class ReferenceVideoDataset(Dataset):
                 )
 
         box = self._crop_box(rng, *targets.shape[1:3])
+        # One crop and one resize for all maps: (F + k + F·G, 3, h, w).
+        frames = self._crop_resize(np.concatenate([targets, references, *guidance.values()]), box)
+        target, reference_frames, guidance_frames = frames.split(
+            [self.num_frames, self.num_references, self.num_frames * len(guidance)]
+        )
         return {
-            "target": rearrange(self._crop_resize(targets, box) * 2.0 - 1.0, "f c h w -> c f h w"),
+            "target": rearrange(target * 2.0 - 1.0, "f c h w -> c f h w"),
             "guidance": {
-                name: rearrange(self._crop_resize(maps, box), "f c h w -> c f h w") for name, maps in guidance.items()
+                name: rearrange(maps, "f c h w -> c f h w")
+                for name, maps in zip(guidance, guidance_frames.split(self.num_frames))
             },
-            "references": self._crop_resize(references, box) * 2.0 - 1.0,
+            "references": reference_frames * 2.0 - 1.0,
             "reference_clip_pixels": self._clip_pixels(references, box),
             "source_id": source,
             "frame_indices": torch.as_tensor(frame_indices, dtype=torch.long),
