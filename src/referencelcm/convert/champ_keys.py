@@ -234,9 +234,7 @@ def convert_motion_state_dict(
         converted[destination] = first
     dropped = []
     if dropped_duplicates:
-        pattern = (
-            "<block>.motion_modules.<i>.temporal_transformer.transformer_blocks.<j>.attention_blocks.1.pos_encoder.pe"
-        )
+        pattern = "*.motion_modules.*.attention_blocks.1.pos_encoder.pe"
         dropped.append(DroppedKeys(source, tuple(dropped_duplicates), REASON_DUPLICATE_POSITION_TABLE, pattern))
     return converted, dropped
 
