@@ -1,0 +1,342 @@
+"""One teacher training step (Champ's recipe, DESIGN §2): the denoising loss of a ReferenceNet for one batch.
+
+Stages (``examples/train_teacher.py``):
+
+- ``image``: single frames; trains the 2-D D-UNet, the R-UNet (less the layers whose output is never read, see
+  :func:`unread_reference_parameters`) and the guidance encoder. VAE and CLIP image encoder stay frozen.
+- ``video``: clips; the D-UNet is a ``UNetMotionModel`` and only its motion modules train.
+
+Objective for a batch of ``B`` items (``x_0`` the VAE latents of the target frames, ``(B, C, F, h, w)``):
+
+1. ``ε ~ N(0, I)`` plus a noise offset ``offset · N(0, I)`` of shape ``(B, C, 1, 1, 1)`` (:func:`offset_noise`).
+2. ``t ~ U{0, …, T − 1}`` per sample; ``x_t = sqrt(ᾱ_t)·x_0 + sqrt(1 − ᾱ_t)·ε`` (the scheduler's ``add_noise``).
+3. Per-sample unconditional dropout at ``uncond_ratio`` (:func:`sample_drop_mask`): a dropped sample gets zero image
+   embeddings and no reference tokens; the pose guidance stays (the unconditional branch of CFG at inference).
+4. Target per the scheduler's ``prediction_type``; for v-prediction ``v = sqrt(ᾱ_t)·ε − sqrt(1 − ᾱ_t)·x_0``
+   (``scheduler.get_velocity``). Loss = mean over samples of ``w(t) · ‖output − target‖²`` with the min-SNR-γ weight
+   ``w`` (:func:`min_snr_weights`; Hang et al. 2023, Eq. 10 and its v-prediction form).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
+from einops import rearrange
+from torch import nn
+
+from ..models.injection import is_motion_unet, run_denoising_unet
+from ..models.reference_attention import ReferenceBank, spatial_self_attention_names
+from ..pipelines.pipeline_referencelcm import _encode_latents
+from .consistency import PREDICTION_TYPES
+
+TEACHER_STAGES = ("image", "video")
+
+
+# -- pure functions --------------------------------------------------------------------------------------------------
+
+
+def signal_to_noise_ratio(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """``SNR(t) = ᾱ_t / (1 − ᾱ_t)`` ``(B,)`` float32; exactly 0 at the last step of a zero-terminal-SNR schedule."""
+    alpha = alphas_cumprod.to(device=timesteps.device, dtype=torch.float32)[timesteps]
+    return alpha / (1.0 - alpha)
+
+
+def min_snr_weights(snr: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Per-sample loss weights ``(B,)`` of min-SNR-γ for a loss on the model output (Hang et al. 2023).
+
+    The x_0-loss weight ``min(SNR, γ)`` expressed for the prediction target:
+
+    - ``epsilon``: ``min(SNR, γ) / SNR`` — evaluated as ``1`` where ``SNR < γ``, so ``SNR = 0`` gives 1, not NaN;
+    - ``v_prediction``: ``min(SNR, γ) / (SNR + 1)`` — 0 at ``SNR = 0`` (where ``v = −x_0``: nothing to learn about
+      the data beyond its mean), finite everywhere;
+    - ``sample``: ``min(SNR, γ)``.
+    """
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"`prediction_type` must be one of {PREDICTION_TYPES}, got {prediction_type!r}.")
+    if gamma <= 0:
+        raise ValueError(f"`snr_gamma` must be > 0, got {gamma}.")
+    clipped = snr.clamp(max=gamma)
+    if prediction_type == "v_prediction":
+        return clipped / (snr + 1.0)
+    if prediction_type == "epsilon":
+        return torch.where(snr < gamma, torch.ones_like(snr), gamma / snr.clamp(min=gamma))
+    return clipped
+
+
+def offset_noise(
+    shape: tuple[int, ...],
+    noise_offset: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """``ε + offset · ε'`` with ``ε ~ N(0, I)`` of ``shape`` ``(B, C, …)`` and ``ε'`` of shape ``(B, C, 1, …, 1)``.
+
+    The offset is one value per sample and channel, shared by every frame and pixel (a shift of the mean colour), so
+    the model learns to move the mean of its samples (Guttenberg's "noise offset", as in Champ).
+    """
+    noise = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+    if noise_offset == 0:
+        return noise
+    offset_shape = tuple(shape[:2]) + (1,) * (len(shape) - 2)
+    return noise + noise_offset * randn_tensor(offset_shape, generator=generator, device=device, dtype=torch.float32)
+
+
+def sample_drop_mask(
+    batch_size: int, uncond_ratio: float, generator: torch.Generator | None = None, device: torch.device | None = None
+) -> torch.Tensor:
+    """``(B,)`` bool: which samples train the unconditional branch; each independently with ``uncond_ratio``."""
+    if not 0.0 <= uncond_ratio <= 1.0:
+        raise ValueError(f"`uncond_ratio` must be in [0, 1], got {uncond_ratio}.")
+    generator_device = generator.device if generator is not None else device
+    return (torch.rand(batch_size, generator=generator, device=generator_device) < uncond_ratio).to(device)
+
+
+def drop_conditions(
+    image_embeds: torch.Tensor, bank: ReferenceBank, drop_mask: torch.Tensor
+) -> tuple[torch.Tensor, ReferenceBank]:
+    """Zero the image embeddings ``(B, 1, D)`` of dropped samples and mark them "no reference" in the bank."""
+    if drop_mask.shape != (image_embeds.shape[0],):
+        raise ValueError(f"`drop_mask` must have shape ({image_embeds.shape[0]},), got {tuple(drop_mask.shape)}.")
+    keep = (~drop_mask.to(torch.bool)).to(image_embeds.device, image_embeds.dtype).view(-1, 1, 1)
+    return image_embeds * keep, bank.with_drop(drop_mask.to(torch.bool))
+
+
+def training_target(
+    scheduler: SchedulerMixin, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
+    """What the D-UNet learns to output at ``x_t``: ``v`` (``scheduler.get_velocity``), ``ε`` or ``x_0``."""
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "sample":
+        return latents
+    raise ValueError(f"The scheduler's `prediction_type` must be one of {PREDICTION_TYPES}, got {prediction_type!r}.")
+
+
+# -- which parameters train ------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def unread_reference_parameters(reference_unet: nn.Module) -> list[str]:
+    """Names of the R-UNet parameters that cannot influence any reference token (so never get a gradient).
+
+    The R-UNet's output sample is unused; what the D-UNet reads is the input of every spatial ``attn1``. Whatever
+    runs after the *last* such input is formed (that ``attn1`` itself, the rest of its transformer block, the block's
+    ``proj_out``, any later layers, ``conv_norm_out``, ``conv_out``) is unread. The execution order is traced with
+    forward pre-hooks on one small forward pass, so it holds for any block layout.
+    """
+    writers = spatial_self_attention_names(reference_unet)
+    if not writers:
+        raise ValueError("`reference_unet` has no spatial self-attention layers: nothing of it would be read.")
+    order: list[str] = []
+    handles = [
+        module.register_forward_pre_hook(lambda _module, _args, name=name: order.append(name))
+        for name, module in reference_unet.named_modules()
+        if any(True for _ in module.parameters(recurse=False)) or name in writers
+    ]
+    try:
+        reference_unet(*_dummy_unet_inputs(reference_unet), return_dict=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    last_read = max(index for index, name in enumerate(order) if name in writers)
+    read_modules = set(order[:last_read])
+    unread = []
+    for module_name, module in reference_unet.named_modules():
+        if module_name in read_modules:
+            continue
+        prefix = f"{module_name}." if module_name else ""
+        unread += [prefix + name for name, _ in module.named_parameters(recurse=False)]
+    return sorted(unread)
+
+
+def _dummy_unet_inputs(unet: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The smallest valid ``(sample, timestep, encoder_hidden_states)`` for a ``UNet2DConditionModel``."""
+    config = unet.config
+    size = 2 ** (len(config.block_out_channels) - 1)
+    cross_attention_dim = config.cross_attention_dim
+    if isinstance(cross_attention_dim, (list, tuple)):
+        cross_attention_dim = cross_attention_dim[0]
+    sample = torch.zeros(1, config.in_channels, size, size, device=unet.device, dtype=unet.dtype)
+    timestep = torch.zeros(1, device=unet.device, dtype=torch.long)
+    encoder_hidden_states = torch.zeros(1, 1, cross_attention_dim, device=unet.device, dtype=unet.dtype)
+    return sample, timestep, encoder_hidden_states
+
+
+def set_trainable(models: "TeacherModels", stage: str) -> list[nn.Parameter]:
+    """Freeze / unfreeze for ``stage`` and return the parameters the optimiser gets.
+
+    ``image``: D-UNet, guidance encoder and the read part of the R-UNet. ``video``: the D-UNet's motion modules only.
+    VAE and image encoder are frozen in both.
+    """
+    if stage not in TEACHER_STAGES:
+        raise ValueError(f"`stage` must be one of {TEACHER_STAGES}, got {stage!r}.")
+    for model in (models.vae, models.image_encoder, models.reference_unet, models.guidance_encoder):
+        model.requires_grad_(False)
+    if stage == "video":
+        if not is_motion_unet(models.denoising_unet):
+            raise ValueError("Stage 'video' needs a UNetMotionModel D-UNet; inflate it first (see train_teacher.py).")
+        models.denoising_unet.requires_grad_(False)
+        for name, parameter in models.denoising_unet.named_parameters():
+            parameter.requires_grad_(".motion_modules." in f".{name}")
+        return [parameter for parameter in models.denoising_unet.parameters() if parameter.requires_grad]
+    models.denoising_unet.requires_grad_(True)
+    models.guidance_encoder.requires_grad_(True)
+    unread = set(unread_reference_parameters(models.reference_unet))
+    for name, parameter in models.reference_unet.named_parameters():
+        parameter.requires_grad_(name not in unread)
+    return [
+        parameter
+        for model in (models.denoising_unet, models.reference_unet, models.guidance_encoder)
+        for parameter in model.parameters()
+        if parameter.requires_grad
+    ]
+
+
+# -- the step --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TeacherConfig:
+    """Hyper-parameters of one step (Champ's defaults): ``snr_gamma`` ``None`` turns min-SNR weighting off."""
+
+    uncond_ratio: float = 0.1
+    snr_gamma: float | None = 5.0
+    noise_offset: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.uncond_ratio <= 1.0:
+            raise ValueError(f"`uncond_ratio` must be in [0, 1], got {self.uncond_ratio}.")
+        if self.snr_gamma is not None and self.snr_gamma <= 0:
+            raise ValueError(f"`snr_gamma` must be > 0 or None, got {self.snr_gamma}.")
+        if self.noise_offset < 0:
+            raise ValueError(f"`noise_offset` must be >= 0, got {self.noise_offset}.")
+
+
+@dataclass
+class TeacherModels:
+    """The networks of a teacher: frozen ``vae`` and ``image_encoder``, trained per stage (:func:`set_trainable`)."""
+
+    vae: nn.Module
+    image_encoder: nn.Module
+    reference_unet: nn.Module
+    denoising_unet: nn.Module
+    guidance_encoder: nn.Module
+
+
+@dataclass
+class TeacherOutput:
+    """``loss`` (0-d), ``terms`` (floats for logging) and detached per-sample ``(B,)`` tensors for inspection."""
+
+    loss: torch.Tensor
+    terms: dict[str, float]
+    per_sample_loss: torch.Tensor
+    timesteps: torch.Tensor
+    weights: torch.Tensor
+    drop_mask: torch.Tensor
+
+
+class TeacherTrainingStep:
+    """Computes the teacher loss of one batch; the caller owns backward and the optimiser.
+
+    Args:
+        models: :class:`TeacherModels` with reference processors and guidance injection installed (a
+            ``ReferenceLCMPipeline`` does both; see ``train_teacher.py``).
+        noise_scheduler: the teacher's scheduler (its ``alphas_cumprod``, ``prediction_type``, ``add_noise``).
+        config: :class:`TeacherConfig`.
+
+    ``step(batch, generator, drop_mask=None)`` takes a ``collate_reference_batch`` batch with one reference per item
+    (``references`` ``(B, 1, 3, H, W)``; the first is used when there are more) and a ``torch.Generator`` for noise,
+    timesteps and dropout; ``drop_mask`` ``(B,)`` bool overrides the random dropout (tests).
+    """
+
+    def __init__(self, models: TeacherModels, noise_scheduler: SchedulerMixin, config: TeacherConfig):
+        self.models, self.noise_scheduler, self.config = models, noise_scheduler, config
+        self.num_train_timesteps = noise_scheduler.config.num_train_timesteps
+
+    @torch.no_grad()
+    def encode_targets(self, batch: Mapping[str, Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frozen encoders: target latents ``x_0`` ``(B, C, F, h, w)`` and CLIP ``image_embeds`` ``(B, 1, D)``."""
+        vae, image_encoder = self.models.vae, self.models.image_encoder
+        target = batch["target"].to(device)
+        frames = rearrange(target, "b c f h w -> (b f) c h w").to(vae.dtype)
+        latents = rearrange(_encode_latents(vae, frames).float(), "(b f) c h w -> b c f h w", b=target.shape[0])
+        clip_pixels = batch["reference_clip_pixels"][:, 0].to(device, image_encoder.dtype)
+        image_embeds = image_encoder(clip_pixels).image_embeds.unsqueeze(1)
+        return latents, image_embeds
+
+    def encode_reference(self, batch: Mapping[str, Any], image_embeds: torch.Tensor, device: torch.device) -> ReferenceBank:
+        """One R-UNet pass at t = 0 on the first reference of every item → a bank of batch ``B`` (with grads when
+        the R-UNet trains)."""
+        reference_unet = self.models.reference_unet
+        with torch.no_grad():
+            reference_latents = _encode_latents(self.models.vae, batch["references"][:, 0].to(device, self.models.vae.dtype))
+        bank = ReferenceBank()
+        with torch.set_grad_enabled(torch.is_grad_enabled() and _has_trainable(reference_unet)):
+            reference_unet(
+                reference_latents.to(reference_unet.dtype),
+                torch.zeros(reference_latents.shape[0], device=device, dtype=torch.long),
+                encoder_hidden_states=image_embeds.to(reference_unet.dtype),
+                cross_attention_kwargs={"reference_bank": bank},
+                return_dict=False,
+            )
+        return bank
+
+    def encode_guidance(self, batch: Mapping[str, Any], device: torch.device) -> torch.Tensor:
+        """Guidance features ``(B, C_0, F, h, w)`` (with grads when the guidance encoder trains)."""
+        guidance_encoder = self.models.guidance_encoder
+        with torch.set_grad_enabled(torch.is_grad_enabled() and _has_trainable(guidance_encoder)):
+            return guidance_encoder({name: maps.to(device) for name, maps in batch["guidance"].items()})
+
+    def step(
+        self,
+        batch: Mapping[str, Any],
+        generator: torch.Generator | None = None,
+        drop_mask: torch.Tensor | None = None,
+    ) -> TeacherOutput:
+        """The min-SNR-weighted denoising loss of one batch."""
+        config, scheduler = self.config, self.noise_scheduler
+        device = self.models.denoising_unet.device
+        latents, image_embeds = self.encode_targets(batch, device)
+        batch_size = latents.shape[0]
+        generator_device = generator.device if generator is not None else device
+
+        # 1–2. noise (with offset), timesteps, x_t
+        noise = offset_noise(tuple(latents.shape), config.noise_offset, generator, generator_device).to(device)
+        timesteps = torch.randint(
+            0, self.num_train_timesteps, (batch_size,), generator=generator, device=generator_device
+        ).to(device)
+        noisy_latents = scheduler.add_noise(latents, noise, timesteps)
+
+        # 3. conditions, with per-sample dropout of image embeddings and reference
+        if drop_mask is None:
+            drop_mask = sample_drop_mask(batch_size, config.uncond_ratio, generator, device)
+        drop_mask = drop_mask.to(device=device, dtype=torch.bool)
+        bank = self.encode_reference(batch, image_embeds, device)
+        image_embeds, bank = drop_conditions(image_embeds, bank, drop_mask)
+        guidance_features = self.encode_guidance(batch, device)
+
+        # 4. prediction, target, weighted loss
+        output = run_denoising_unet(
+            self.models.denoising_unet, noisy_latents, timesteps, image_embeds, bank, guidance_features
+        ).float()
+        target = training_target(scheduler, latents, noise, timesteps)
+        per_sample = (output - target).pow(2).flatten(1).mean(1)
+        weights = torch.ones_like(per_sample)
+        if config.snr_gamma is not None:
+            snr = signal_to_noise_ratio(scheduler.alphas_cumprod, timesteps)
+            weights = min_snr_weights(snr, config.snr_gamma, scheduler.config.prediction_type)
+        loss = (weights * per_sample).mean()
+        terms = {"loss": loss.item(), "mse": per_sample.detach().mean().item(),
+                 "uncond_fraction": drop_mask.float().mean().item()}
+        return TeacherOutput(loss, terms, per_sample.detach(), timesteps, weights.detach(), drop_mask)
+
+
+def _has_trainable(module: nn.Module) -> bool:
+    return any(parameter.requires_grad for parameter in module.parameters())

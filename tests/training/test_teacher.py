@@ -1,0 +1,232 @@
+"""Teacher training step: min-SNR weights, noise offset, condition dropout, unread R-UNet layers, stage freezing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, MotionAdapter, UNetMotionModel
+
+from referencelcm import ReferenceLCMPipeline
+from referencelcm.models.reference_attention import ReferenceBank
+from referencelcm.pipelines.factory import TEACHER_SCHEDULER_CONFIG
+from referencelcm.training.teacher import (
+    TeacherConfig,
+    TeacherModels,
+    TeacherTrainingStep,
+    drop_conditions,
+    min_snr_weights,
+    offset_noise,
+    sample_drop_mask,
+    set_trainable,
+    signal_to_noise_ratio,
+    training_target,
+    unread_reference_parameters,
+)
+from referencelcm.training.vae import latent_scaling_factor, vae_loss
+
+from ..conftest import GUIDANCE_TYPES, IMAGE_SIZE, build_components, randomize_guidance_encoder
+
+BATCH_SIZE = 2
+
+
+def make_batch(num_frames: int = 1, batch_size: int = BATCH_SIZE, seed: int = 0) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    size = IMAGE_SIZE
+    return {
+        "target": torch.rand(batch_size, 3, num_frames, size, size, generator=generator) * 2 - 1,
+        "guidance": {
+            name: torch.rand(batch_size, 3, num_frames, size, size, generator=generator) for name in GUIDANCE_TYPES
+        },
+        "references": torch.rand(batch_size, 1, 3, size, size, generator=generator) * 2 - 1,
+        "reference_clip_pixels": torch.randn(batch_size, 1, 3, size, size, generator=generator),
+        "source_id": torch.arange(batch_size),
+    }
+
+
+def make_models(motion: bool = False) -> tuple[TeacherModels, DDIMScheduler]:
+    components = build_components(motion=motion, scheduler="ddim")
+    randomize_guidance_encoder(components["guidance_encoder"])
+    pipe = ReferenceLCMPipeline(**components)  # installs reference processors and guidance injection
+    models = TeacherModels(pipe.vae, pipe.image_encoder, pipe.reference_unet, pipe.denoising_unet, pipe.guidance_encoder)
+    return models, pipe.scheduler
+
+
+@pytest.fixture(scope="module")
+def schedule() -> torch.Tensor:
+    return DDIMScheduler(**TEACHER_SCHEDULER_CONFIG).alphas_cumprod
+
+
+# -- pure functions --------------------------------------------------------------------------------------------------
+
+
+def test_snr_is_zero_at_the_terminal_step_and_weights_stay_finite(schedule):
+    timesteps = torch.arange(1000)
+    snr = signal_to_noise_ratio(schedule, timesteps)
+    assert snr[-1] == 0 and bool((snr[:-1] > 0).all())
+    for prediction_type in ("v_prediction", "epsilon", "sample"):
+        weights = min_snr_weights(snr, 5.0, prediction_type)
+        assert bool(torch.isfinite(weights).all()), prediction_type
+        assert bool((weights >= 0).all())
+    assert min_snr_weights(snr, 5.0, "v_prediction")[-1] == 0
+    assert min_snr_weights(snr, 5.0, "epsilon")[-1] == 1
+
+
+@pytest.mark.parametrize("snr_value", [0.01, 0.5, 4.0, 5.0, 20.0, 1e4])
+def test_min_snr_weights_match_the_formula(snr_value):
+    snr, gamma = torch.tensor([snr_value]), 5.0
+    clipped = min(snr_value, gamma)
+    torch.testing.assert_close(min_snr_weights(snr, gamma, "v_prediction"), torch.tensor([clipped / (snr_value + 1)]))
+    torch.testing.assert_close(min_snr_weights(snr, gamma, "epsilon"), torch.tensor([clipped / snr_value]))
+    torch.testing.assert_close(min_snr_weights(snr, gamma, "sample"), torch.tensor([clipped]))
+
+
+def test_min_snr_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="prediction_type"):
+        min_snr_weights(torch.ones(1), 5.0, "flow")
+    with pytest.raises(ValueError, match="snr_gamma"):
+        min_snr_weights(torch.ones(1), 0.0, "epsilon")
+
+
+@pytest.mark.parametrize("shape", [(4, 4, 8, 8), (4, 4, 3, 8, 8)])
+def test_noise_offset_is_one_shift_per_sample_and_channel(shape):
+    plain = offset_noise(shape, 0.0, torch.Generator().manual_seed(0))
+    shifted = offset_noise(shape, 0.5, torch.Generator().manual_seed(0))
+    difference = (shifted - plain).flatten(2)  # the same ε first, then the offset
+    assert bool((difference.std(dim=2) < 1e-6).all())  # constant over frames and pixels
+    assert difference[:, :, 0].unique().numel() == shape[0] * shape[1]  # one value per (sample, channel)
+    torch.testing.assert_close(difference[:, :, 0] / 0.5, torch.randn(
+        shape[:2] + (1,) * (len(shape) - 2), generator=_after(shape)).flatten(1))
+
+
+def _after(shape) -> torch.Generator:
+    generator = torch.Generator().manual_seed(0)
+    torch.randn(shape, generator=generator)
+    return generator
+
+
+def test_drop_mask_rate_and_determinism():
+    mask = sample_drop_mask(10000, 0.1, torch.Generator().manual_seed(0))
+    assert mask.dtype == torch.bool and abs(mask.float().mean().item() - 0.1) < 0.02
+    torch.testing.assert_close(mask, sample_drop_mask(10000, 0.1, torch.Generator().manual_seed(0)))
+    assert not sample_drop_mask(16, 0.0).any() and sample_drop_mask(16, 1.0).all()
+    with pytest.raises(ValueError, match="uncond_ratio"):
+        sample_drop_mask(4, 1.5)
+
+
+def test_drop_conditions_zeroes_embeds_and_drops_reference_per_sample():
+    embeds = torch.randn(3, 1, 8)
+    bank = ReferenceBank(tokens={"layer": torch.randn(3, 4, 8)})
+    mask = torch.tensor([False, True, False])
+    dropped_embeds, dropped_bank = drop_conditions(embeds, bank, mask)
+    torch.testing.assert_close(dropped_embeds[0], embeds[0])
+    assert bool((dropped_embeds[1] == 0).all())
+    assert dropped_bank.drop_mask().tolist() == [False, True, False]
+    assert dropped_bank.tokens["layer"] is bank.tokens["layer"]
+    with pytest.raises(ValueError, match="drop_mask"):
+        drop_conditions(embeds, bank, torch.zeros(2, dtype=torch.bool))
+
+
+def test_v_prediction_target_is_the_schedulers_velocity(schedule):
+    scheduler = DDIMScheduler(**TEACHER_SCHEDULER_CONFIG)
+    latents, noise = torch.randn(3, 4, 2, 4, 4), torch.randn(3, 4, 2, 4, 4)
+    timesteps = torch.tensor([0, 500, 999])
+    target = training_target(scheduler, latents, noise, timesteps)
+    alpha = schedule[timesteps].view(-1, 1, 1, 1, 1)
+    torch.testing.assert_close(target, alpha.sqrt() * noise - (1 - alpha).sqrt() * latents)
+    torch.testing.assert_close(target[2], -latents[2])  # zero terminal SNR: v = −x_0
+
+
+# -- which parameters train ------------------------------------------------------------------------------------------
+
+
+def test_unread_reference_parameters_are_exactly_those_without_gradient():
+    models, scheduler = make_models()
+    unread = set(unread_reference_parameters(models.reference_unet))
+    last = "up_blocks.1.attentions.1"
+    assert {"conv_out.weight", "conv_norm_out.weight", f"{last}.proj_out.weight",
+            f"{last}.transformer_blocks.0.attn1.to_q.weight", f"{last}.transformer_blocks.0.ff.net.2.bias"} <= unread
+    assert f"{last}.transformer_blocks.0.norm1.weight" not in unread  # its output is the last written token set
+
+    for model in (models.reference_unet, models.denoising_unet, models.guidance_encoder):
+        model.requires_grad_(True)
+    step = TeacherTrainingStep(models, scheduler, TeacherConfig(noise_offset=0.0, snr_gamma=None))
+    output = step.step(make_batch(), torch.Generator().manual_seed(0), drop_mask=torch.zeros(BATCH_SIZE, dtype=bool))
+    output.loss.backward()
+    without_grad = {name for name, parameter in models.reference_unet.named_parameters() if parameter.grad is None}
+    assert without_grad == unread
+    assert all(parameter.grad is not None for parameter in models.guidance_encoder.parameters())
+    assert all(parameter.grad is not None for parameter in models.denoising_unet.parameters())
+
+
+def test_set_trainable_image_stage_excludes_unread_and_frozen_encoders():
+    models, _ = make_models()
+    parameters = {id(parameter) for parameter in set_trainable(models, "image")}
+    unread = set(unread_reference_parameters(models.reference_unet))
+    for name, parameter in models.reference_unet.named_parameters():
+        assert (id(parameter) in parameters) == (name not in unread), name
+    assert all(id(parameter) in parameters for parameter in models.denoising_unet.parameters())
+    assert not any(parameter.requires_grad for parameter in models.vae.parameters())
+    assert not any(parameter.requires_grad for parameter in models.image_encoder.parameters())
+
+
+def test_set_trainable_video_stage_trains_motion_modules_only():
+    models, scheduler = make_models(motion=True)
+    parameters = set_trainable(models, "video")
+    names = {id(parameter): name for name, parameter in models.denoising_unet.named_parameters()}
+    assert parameters and all(".motion_modules." in f".{names[id(parameter)]}" for parameter in parameters)
+    step = TeacherTrainingStep(models, scheduler, TeacherConfig())
+    step.step(make_batch(num_frames=3), torch.Generator().manual_seed(0)).loss.backward()
+    assert all(parameter.grad is not None for parameter in parameters)
+    assert all(parameter.grad is None for parameter in models.reference_unet.parameters())
+
+    image_models, _ = make_models(motion=False)
+    with pytest.raises(ValueError, match="UNetMotionModel"):
+        set_trainable(image_models, "video")
+
+
+# -- the step --------------------------------------------------------------------------------------------------------
+
+
+def test_step_is_deterministic_and_dropout_changes_the_loss():
+    models, scheduler = make_models()
+    set_trainable(models, "image")
+    step = TeacherTrainingStep(models, scheduler, TeacherConfig(uncond_ratio=0.5))
+    batch = make_batch()
+    with torch.no_grad():
+        first = step.step(batch, torch.Generator().manual_seed(3))
+        again = step.step(batch, torch.Generator().manual_seed(3))
+        keep = step.step(batch, torch.Generator().manual_seed(3), drop_mask=torch.zeros(BATCH_SIZE, dtype=bool))
+        drop = step.step(batch, torch.Generator().manual_seed(3), drop_mask=torch.ones(BATCH_SIZE, dtype=bool))
+    torch.testing.assert_close(first.loss, again.loss)
+    assert torch.equal(first.drop_mask, again.drop_mask)
+    assert not torch.allclose(keep.per_sample_loss, drop.per_sample_loss)
+    assert drop.terms["uncond_fraction"] == 1.0
+    weights = min_snr_weights(signal_to_noise_ratio(scheduler.alphas_cumprod, first.timesteps), 5.0, "v_prediction")
+    torch.testing.assert_close(first.loss, (weights * first.per_sample_loss).mean())
+
+
+def test_teacher_config_validates():
+    with pytest.raises(ValueError, match="uncond_ratio"):
+        TeacherConfig(uncond_ratio=-0.1)
+    with pytest.raises(ValueError, match="snr_gamma"):
+        TeacherConfig(snr_gamma=0)
+    with pytest.raises(ValueError, match="noise_offset"):
+        TeacherConfig(noise_offset=-1)
+
+
+# -- VAE -------------------------------------------------------------------------------------------------------------
+
+
+def test_vae_loss_trains_and_scaling_factor_normalises_latents():
+    vae = build_components()["vae"].train()
+    pixels = torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    output = vae_loss(vae, pixels, generator=torch.Generator().manual_seed(0))
+    output.loss.backward()
+    assert output.reconstruction.shape == pixels.shape
+    assert set(output.terms) == {"loss", "l1", "mse", "kl"}
+    assert all(parameter.grad is not None for parameter in vae.encoder.parameters())
+    factor = latent_scaling_factor(vae.eval(), [pixels])
+    latents = vae.encode(pixels).latent_dist.mode() * factor
+    assert abs(latents.std().item() - 1.0) < 1e-3
+    with pytest.raises(ValueError, match="pixels"):
+        vae_loss(vae, pixels[0])
