@@ -1,0 +1,329 @@
+#!/usr/bin/env python
+"""CoSeC-LCD: distil a ReferenceLCMPipeline teacher (DDIM, CFG) into a 2–4 step latent consistency student.
+
+Phase 1 (spatial) trains the 2-D part of the teacher's D-UNet on single frames with ``R_spt``; phase 2 (temporal)
+trains the motion D-UNet (phase-1 spatial weights + the teacher's motion modules) on clips with ``λ·R_tmp``.
+
+    accelerate launch examples/train_cosec_lcd.py --pretrained_teacher_model TEACHER --train_data_dir DATA \\
+        --output_dir out/spatial --phase spatial --resolution 512
+    accelerate launch examples/train_cosec_lcd.py --pretrained_teacher_model TEACHER \\
+        --pretrained_student_model out/spatial --train_data_dir DATA --output_dir out/temporal --phase temporal \\
+        --num_frames 16 --frame_stride 2
+
+Runs with plain ``python`` too. The output folder is a complete pipeline (``ReferenceLCMPipeline.from_pretrained``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import os
+import sys
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers import UNetMotionModel
+from diffusers.optimization import get_scheduler
+from tqdm.auto import tqdm
+
+from referencelcm import ReferenceLCMPipeline
+from referencelcm.models.injection import install_guidance_injection
+from referencelcm.models.motion import set_motion_norm_mode
+from referencelcm.models.reference_attention import install_reference_attention
+from referencelcm.training.checkpointing import (
+    ModuleCheckpointHooks,
+    check_finite_loss,
+    resolve_resume_checkpoint,
+    save_checkpoint,
+)
+from referencelcm.training.consistency import DDIMSolver
+from referencelcm.training.data import MultiSourceBatchSampler, ReferenceVideoDataset, collate_reference_batch
+from referencelcm.training.distill import ConsistencyDistillationStep, DistillationConfig, DistillationModels
+from referencelcm.training.ema import ema_update
+from referencelcm.training.export import (
+    LORA_TARGET_MODULES,
+    LORA_WEIGHT_NAME,
+    lora_state_dict,
+    merge_lora,
+    run_validation,
+    save_student_pipeline,
+    student_pipeline,
+)
+from referencelcm.training.unets import motion_unet_with_spatial_weights, spatial_unet_from_motion
+
+logger = get_logger(__name__)
+PHASE_DEFAULTS = {  # appendix C
+    "spatial": dict(guidance_scale=2.5, cons_weight=0.02, max_train_steps=3000, num_frames=1),
+    "temporal": dict(guidance_scale=1.5, cons_weight=0.0, max_train_steps=2000, num_frames=16),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add = parser.add_argument
+    add("--pretrained_teacher_model", required=True, help="ReferenceLCMPipeline folder or Hub id (DDIM scheduler).")
+    add("--pretrained_student_model", default=None, help="Phase 2: the phase-1 output folder.")
+    add("--train_data_dir", required=True, help="Champ-layout root (e.g. `referencelcm synth`).")
+    add("--output_dir", default="cosec-lcd-output")
+    add("--phase", choices=tuple(PHASE_DEFAULTS), default="spatial")
+    add("--resolution", type=int, default=512)
+    add("--num_frames", type=int, default=None, help="Frames per clip (default 1 spatial, 16 temporal).")
+    add("--frame_stride", type=int, default=1)
+    add("--num_equivalent_references", type=int, default=2, help="k references per item (ETA group size).")
+    add("--guidance_scale", type=float, default=None, help="Teacher CFG ω (default 2.5 spatial, 1.5 temporal).")
+    add("--w_min", type=float, default=None, help="With --w_max: draw ω uniformly per item.")
+    add("--w_max", type=float, default=None)
+    add("--eta_weight", type=float, default=0.1, help="φ1 (Eq. 4).")
+    add("--cons_weight", type=float, default=None, help="φ2 (Eq. 4; default 0.02 spatial, 0 temporal).")
+    add("--temporal_eta_weight", type=float, default=0.05, help="λ (Eq. 8).")
+    add("--num_ddim_timesteps", type=int, default=50)
+    add("--timestep_scaling_factor", type=float, default=10.0)
+    add("--loss_type", choices=("huber", "l2"), default="huber")
+    add("--huber_c", type=float, default=0.001)
+    add("--ema_decay", type=float, default=0.95)
+    add("--learning_rate", type=float, default=1e-6)
+    add("--lr_scheduler", default="constant")
+    add("--lr_warmup_steps", type=int, default=0)
+    add("--adam_beta1", type=float, default=0.9)
+    add("--adam_beta2", type=float, default=0.999)
+    add("--adam_weight_decay", type=float, default=1e-2)
+    add("--adam_epsilon", type=float, default=1e-8)
+    add("--max_grad_norm", type=float, default=1.0)
+    add("--train_batch_size", type=int, default=4, help="Dataset items per device (each gives k samples).")
+    add("--gradient_accumulation_steps", type=int, default=1)
+    add("--max_train_steps", type=int, default=None, help="Default 3000 spatial, 2000 temporal.")
+    add("--dataloader_num_workers", type=int, default=0)
+    add("--mixed_precision", choices=("no", "fp16", "bf16"), default=None)
+    add("--gradient_checkpointing", action="store_true")
+    add("--checkpointing_steps", type=int, default=500)
+    add("--checkpoints_total_limit", type=int, default=None)
+    add("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint-<step> folder.")
+    add("--validation_steps", type=int, default=None, help="Write validation videos every N steps.")
+    add("--num_validation_videos", type=int, default=2)
+    add("--validation_num_frames", type=int, default=8)
+    add("--report_to", default="tensorboard")
+    add("--logging_dir", default="logs")
+    add("--seed", type=int, default=0)
+    add("--use_lora", action="store_true", help="Train LoRA adapters on the attention projections only.")
+    add("--lora_rank", type=int, default=64)
+    add("--lora_alpha", type=int, default=64)
+    add("--push_to_hub", action="store_true")
+    add("--hub_model_id", default=None)
+    add("--hub_token", default=None)
+    args = parser.parse_args(argv)
+    for name, value in PHASE_DEFAULTS[args.phase].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.phase == "temporal" and args.num_frames < 2:
+        parser.error(f"--phase temporal needs --num_frames >= 2, got {args.num_frames}.")
+    if (args.w_min is None) != (args.w_max is None):
+        parser.error("--w_min and --w_max go together.")
+    return args
+
+
+def build_unets(args, teacher: ReferenceLCMPipeline) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """``(teacher D-UNet, student D-UNet)`` for the phase, both with reference processors and guidance injection."""
+    teacher_unet = teacher.denoising_unet
+    student_source = None
+    if args.pretrained_student_model is not None:
+        student_source = ReferenceLCMPipeline.from_pretrained(args.pretrained_student_model).denoising_unet
+    if args.phase == "spatial":
+        if isinstance(teacher_unet, UNetMotionModel):
+            teacher_unet = spatial_unet_from_motion(teacher_unet)
+        student = student_source or copy.deepcopy(teacher_unet)
+    else:
+        if not isinstance(teacher_unet, UNetMotionModel):
+            raise ValueError("--phase temporal needs a teacher whose denoising_unet is a UNetMotionModel.")
+        if student_source is None or isinstance(student_source, UNetMotionModel):
+            student = student_source or copy.deepcopy(teacher_unet)
+        else:  # phase-1 spatial weights + the teacher's motion modules
+            student = motion_unet_with_spatial_weights(teacher_unet, student_source)
+    for unet in (teacher_unet, student):
+        install_reference_attention(unet, "read")
+        install_guidance_injection(unet)
+        set_motion_norm_mode(unet, teacher.config.motion_norm_mode)
+    return teacher_unet, student
+
+
+def add_lora(args, student: torch.nn.Module) -> None:
+    from peft import LoraConfig
+
+    student.requires_grad_(False)
+    student.add_adapter(LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha, init_lora_weights="gaussian",
+                                   target_modules=list(LORA_TARGET_MODULES)))
+
+
+def validation_samples(args, teacher: ReferenceLCMPipeline) -> list[dict]:
+    """The first clip of each of the first ``num_validation_videos`` videos, centre-cropped."""
+    dataset = ReferenceVideoDataset(
+        args.train_data_dir, args.resolution, num_frames=args.validation_num_frames, num_references=1,
+        guidance_types=teacher.guidance_types, random_crop=False, clip_image_processor=teacher.feature_extractor,
+        seed=args.seed,
+    )
+    firsts = [int(np.flatnonzero(dataset.item_source_ids == source)[0]) for source in range(dataset.num_sources)]
+    samples = []
+    for index in firsts[: args.num_validation_videos]:
+        item = dataset[index]
+        guidance = {name: maps.permute(1, 0, 2, 3) for name, maps in item["guidance"].items()}  # (F, 3, H, W)
+        samples.append({"reference_image": (item["references"][0] + 1) / 2, "guidance": guidance})
+    return samples
+
+
+def step_generator(seed: int, process_index: int, micro_step: int) -> torch.Generator:
+    """Noise, timesteps and ω of micro-batch ``micro_step``: a pure function of the seed, so resuming is exact."""
+    state = np.random.SeedSequence([seed, process_index, micro_step]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) & ((1 << 63) - 1))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+
+    # 1. Accelerator, logging, seed
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(args.output_dir, logging_dir=os.path.join(args.output_dir, args.logging_dir)),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(args.seed)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+
+    # 2. Teacher pipeline (frozen), teacher / student / EMA-target D-UNets
+    teacher = ReferenceLCMPipeline.from_pretrained(args.pretrained_teacher_model)
+    teacher_unet, student = build_unets(args, teacher)
+    if args.use_lora:
+        add_lora(args, student)
+    target = copy.deepcopy(student).requires_grad_(False)
+    frozen = (teacher.vae, teacher.image_encoder, teacher.reference_unet, teacher.guidance_encoder, teacher_unet)
+    for model in frozen:
+        model.requires_grad_(False).eval().to(accelerator.device, weight_dtype)
+    target.to(accelerator.device).train()
+    student.train()
+    if args.gradient_checkpointing:
+        student.enable_gradient_checkpointing()
+
+    # 3. Data: RAS references per item, multi-source batches, order a pure function of (seed, epoch)
+    dataset = ReferenceVideoDataset(
+        args.train_data_dir, args.resolution, num_frames=args.num_frames, frame_stride=args.frame_stride,
+        num_references=args.num_equivalent_references, guidance_types=teacher.guidance_types,
+        clip_image_processor=teacher.feature_extractor, seed=args.seed,
+    )
+    sampler = MultiSourceBatchSampler(dataset, args.train_batch_size, seed=args.seed, drop_last=True)
+    dataloader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_reference_batch,
+                                             num_workers=args.dataloader_num_workers)
+
+    # 4. Optimiser, LR schedule, accelerate
+    parameters = [parameter for parameter in student.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
+    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps,
+                                 num_training_steps=args.max_train_steps)
+    student, optimizer, lr_scheduler, dataloader = accelerator.prepare(student, optimizer, lr_scheduler, dataloader)
+    hooks = ModuleCheckpointHooks({"ema_target_unet": target})
+    accelerator.register_save_state_pre_hook(hooks.save)
+    accelerator.register_load_state_pre_hook(hooks.load)
+
+    # 5. The distillation step
+    solver = DDIMSolver.from_scheduler(teacher.scheduler, args.num_ddim_timesteps)
+    config = DistillationConfig(
+        phase=args.phase, guidance_scale=args.guidance_scale, w_min=args.w_min, w_max=args.w_max,
+        eta_weight=args.eta_weight, cons_weight=args.cons_weight, temporal_eta_weight=args.temporal_eta_weight,
+        loss_type=args.loss_type, huber_c=args.huber_c, timestep_scaling=args.timestep_scaling_factor,
+    )
+    models = DistillationModels(teacher.vae, teacher.image_encoder, teacher.reference_unet, teacher.guidance_encoder,
+                                teacher_unet, target, student)
+    distill = ConsistencyDistillationStep(models, solver, teacher.scheduler.config.prediction_type, config)
+
+    # 6. Resume
+    global_step = 0
+    resume = resolve_resume_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    if resume is not None:
+        accelerator.load_state(str(resume[0]))
+        global_step = resume[1]
+        logger.info(f"Resumed from {resume[0]} at step {global_step}.")
+    if accelerator.is_main_process:
+        accelerator.init_trackers("cosec-lcd", config={k: v for k, v in vars(args).items()
+                                                       if isinstance(v, (int, float, str, bool))})
+    validation = validation_samples(args, teacher) if args.validation_steps and accelerator.is_main_process else []
+
+    # 7. Training loop
+    micro_step = global_step * args.gradient_accumulation_steps
+    progress = tqdm(range(args.max_train_steps), initial=global_step, desc="steps",
+                    disable=not accelerator.is_local_main_process)
+    while global_step < args.max_train_steps:
+        epoch, skip = divmod(micro_step, len(dataloader))
+        dataset.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        for batch in accelerator.skip_first_batches(dataloader, skip) if skip else dataloader:
+            with accelerator.accumulate(student), accelerator.autocast():
+                output = distill.step(batch, step_generator(args.seed, accelerator.process_index, micro_step))
+                check_finite_loss(output.loss.detach(), global_step + 1, output.terms)
+                accelerator.backward(output.loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(parameters, args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            micro_step += 1
+            if not accelerator.sync_gradients:
+                continue
+            ema_update(target.parameters(), accelerator.unwrap_model(student).parameters(), args.ema_decay)
+            global_step += 1
+            progress.update(1)
+            progress.set_postfix(loss=f"{output.terms['loss']:.4g}")
+            accelerator.log({**output.terms, "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
+            if global_step % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+            if validation and global_step % args.validation_steps == 0:
+                run_validation(student_pipeline(teacher, accelerator.unwrap_model(student), args.num_ddim_timesteps),
+                               validation, args.output_dir, global_step, accelerator, seed=args.seed)
+            if global_step >= args.max_train_steps:
+                break
+
+    # 8. Save the student pipeline (and LoRA weights), push
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_output(args, accelerator.unwrap_model(student))
+    accelerator.end_training()
+
+
+def save_output(args, student: torch.nn.Module) -> None:
+    """A complete student pipeline from fresh (fp32) teacher components; with LoRA also the adapter weights."""
+    from safetensors.torch import save_file
+
+    teacher = ReferenceLCMPipeline.from_pretrained(args.pretrained_teacher_model)
+    extra_files = {}
+    if args.use_lora:
+        lora_path = os.path.join(args.output_dir, f".{LORA_WEIGHT_NAME}")
+        save_file(lora_state_dict(student), lora_path)
+        extra_files[LORA_WEIGHT_NAME] = lora_path
+        student = merge_lora(student)
+    pipe = student_pipeline(teacher, student.float(), args.num_ddim_timesteps, args.timestep_scaling_factor)
+    description = (f"CoSeC-LCD {args.phase} student of `{args.pretrained_teacher_model}`: {args.max_train_steps} "
+                   f"steps, ω={args.guidance_scale}, k={args.num_equivalent_references}.\n\n```python\n"
+                   "from referencelcm import ReferenceLCMPipeline\n"
+                   "pipe = ReferenceLCMPipeline.from_pretrained(PATH)\n"
+                   "video = pipe(reference_image, guidance, num_inference_steps=4, guidance_scale=1.0).frames[0]\n```")
+    save_student_pipeline(pipe, args.output_dir, base_model=args.pretrained_teacher_model, description=description,
+                          extra_files=extra_files, hub_model_id=args.hub_model_id if args.push_to_hub else None,
+                          hub_token=args.hub_token)
+    if args.push_to_hub:
+        from huggingface_hub import upload_folder, create_repo
+
+        repo_id = create_repo(args.hub_model_id or os.path.basename(args.output_dir), exist_ok=True,
+                              token=args.hub_token).repo_id
+        upload_folder(repo_id=repo_id, folder_path=args.output_dir, token=args.hub_token,
+                      ignore_patterns=["checkpoint-*", ".*", f"{args.logging_dir}/*", "validation/*"])
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError, FloatingPointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
