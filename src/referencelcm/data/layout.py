@@ -59,7 +59,9 @@ def _frame_files(video_dir: Path, folder: str) -> dict[str, str]:
             )
         files[stem] = name
     if not files:
-        raise FileNotFoundError(f"video {str(video_dir)!r}: folder {folder!r} contains no image frames ({str(path)!r}).")
+        raise FileNotFoundError(
+            f"video {str(video_dir)!r}: folder {folder!r} contains no image frames ({str(path)!r})."
+        )
     return files
 
 
@@ -74,10 +76,12 @@ class ChampVideo:
 
     @property
     def num_frames(self) -> int:
+        """Number of frames ``F``."""
         return len(self.frames)
 
     @property
     def has_mask(self) -> bool:
+        """Whether the video has a (validated) mask folder."""
         return MASK_FOLDER in self.files
 
     def frame_path(self, folder: str, frame: int) -> Path:
@@ -291,6 +295,8 @@ def read_guidance_folder(
             raise ValueError(f"`frame_range` must be a slice or None, got {type(frame_range).__name__}.")
         frames = frames[frame_range]
         if not frames:
-            raise ValueError(f"`frame_range` {frame_range} selects no frame of the {video.num_frames} in {str(video_dir)!r}.")
+            raise ValueError(
+                f"`frame_range` {frame_range} selects no frame of the {video.num_frames} in {str(video_dir)!r}."
+            )
     arrays = read_guidance_frames(video, guidance_types, frames)
     return {name: [Image.fromarray(frame) for frame in stack] for name, stack in arrays.items()}

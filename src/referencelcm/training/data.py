@@ -181,6 +181,7 @@ class ReferenceVideoDataset(Dataset):
 
     @property
     def num_sources(self) -> int:
+        """Number of usable videos."""
         return len(self.videos)
 
     def __len__(self) -> int:
@@ -410,6 +411,10 @@ class MultiSourceBatchSampler(Sampler[list[int]]):
         order = rng.permutation(len(batches))
         return [batches[index] for index in order]
 
+    def _mixed_without(self, batch: list[int], position: int, source: int) -> bool:
+        """Whether ``batch`` without its item at ``position`` still holds an item of a source other than ``source``."""
+        return any(self.source_ids[item] != source for index, item in enumerate(batch) if index != position)
+
     def _mix_single_source_batches(self, batches: list[list[int]]) -> None:
         """Swaps one item of every single-source batch (of 2+ items) with an item of another source from a batch that
         stays mixed (or holds a single item) after the swap."""
@@ -424,7 +429,7 @@ class MultiSourceBatchSampler(Sampler[list[int]]):
                         position
                         for position, item in enumerate(other)
                         if source_of[item] != source
-                        and (len(other) < 2 or any(source_of[rest] != source for j, rest in enumerate(other) if j != position))
+                        and (len(other) < 2 or self._mixed_without(other, position, source))
                     ),
                     None,
                 )

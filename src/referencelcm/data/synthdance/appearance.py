@@ -112,7 +112,8 @@ class Appearance:
         return (offsets**2).sum(axis=1) < 0.3**2
 
     def head_colours(self, unit_points: np.ndarray) -> np.ndarray:
-        """Albedo of head pixels from points on the unit head sphere ``(N, 3)`` (x left, y up, z forward) → ``(N, 3)``.
+        """Albedo of head pixels from points on the unit head sphere ``(N, 3)`` (x left, y up, z forward):
+        ``(N, 3)`` RGB in [0, 1].
 
         Hair covers the top and the back (down to ``hair_length``), so front and back views look different; the face
         gets two eyes.
@@ -195,7 +196,7 @@ class Background:
         )
 
     def render(self, world_x: np.ndarray, world_y: np.ndarray) -> np.ndarray:
-        """Colours at world points: ``world_x`` ``(1, W)``, ``world_y`` ``(H, 1)`` metres → ``(H, W, 3)`` in [0, 1]."""
+        """Colours at world points ``world_x`` ``(1, W)`` and ``world_y`` ``(H, 1)`` (metres): ``(H, W, 3)``."""
         colour_a, colour_b = np.asarray(self.colour_a), np.asarray(self.colour_b)
         along = world_x * np.cos(self.angle) + (world_y - 1.0) * np.sin(self.angle)
         if self.kind == "solid":

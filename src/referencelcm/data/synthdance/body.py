@@ -60,7 +60,7 @@ class BodyShape:
 
     @classmethod
     def sample(cls, rng: np.random.Generator) -> "BodyShape":
-        """Draws an identity: overall height factor 0.9–1.1 times per-segment factors 0.92–1.08, thickness 0.8–1.25."""
+        """Draws an identity: height factor 0.9–1.1 times per-segment factors 0.92–1.08, thickness 0.8–1.25."""
         height = rng.uniform(0.9, 1.1)
         nominal = cls()
 

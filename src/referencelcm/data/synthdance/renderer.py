@@ -38,7 +38,8 @@ SEMANTIC_COLOURS = np.array(
 )  # fmt: skip
 DEPTH_REACH = 0.5  # metres either side of the pelvis mapped onto the depth range
 DEPTH_FAR_VALUE = 0.2  # the farthest body point's brightness, so body pixels are never 0
-_WORLD_TO_PIXEL_AXES = np.diag([1.0, -1.0, -1.0])  # world (X right, Y up, Z to viewer) -> pixel space (x, y down, z away)
+# World (X right, Y up, Z to the viewer) -> pixel space (x right, y down, z away from the viewer).
+_WORLD_TO_PIXEL_AXES = np.diag([1.0, -1.0, -1.0])
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class Camera:
 
     @property
     def pixels_per_metre(self) -> float:
+        """Image scale at zoom 1."""
         return self.body_fraction * self.resolution / NOMINAL_HEIGHT
 
     def to_pixels(self, points: np.ndarray, zoom: np.ndarray, pan: np.ndarray) -> np.ndarray:
