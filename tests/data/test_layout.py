@@ -75,6 +75,13 @@ def test_missing_file_error_names_video_folder_and_file(tmp_path):
         read_guidance_folder(video, CHAMP_GUIDANCE_TYPES)
 
 
+def test_missing_image_file_is_reported_in_images(tmp_path):
+    video = _make_video(tmp_path / "video")
+    (video / "images" / "0002.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"'images' is missing file '0002\.png'"):
+        validate_video_dir(video)
+
+
 def test_missing_mask_file_is_reported(tmp_path):
     video = _make_video(tmp_path / "video")
     (video / "mask" / "0002.png").unlink()

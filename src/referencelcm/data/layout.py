@@ -98,9 +98,10 @@ def validate_video_dir(
 ) -> ChampVideo:
     """Checks one Champ-layout video folder and indexes its frames.
 
-    Every required folder must exist and hold the same frame stems as the reference folder (``images`` when
-    ``require_images``, else the first guidance type); a ``mask`` folder, when present, too. With ``check_sizes`` the
-    first frame of every folder must have the same size.
+    Every required folder (``images`` when ``require_images``, the guidance types, and ``mask`` when required or
+    present) must exist and hold the same frame stems; a frame found in most folders but not in one is reported as
+    that folder's missing file. With ``check_sizes`` the first frame of every folder must have the same size as the
+    first folder's.
 
     Args:
         video_dir: the video folder.
@@ -123,10 +124,9 @@ def validate_video_dir(
     if require_mask or (video_dir / MASK_FOLDER).is_dir():
         folders.append(MASK_FOLDER)
     listings = {folder: _frame_files(video_dir, folder) for folder in folders}
+    _compare_listings(video_dir, listings)
     reference_folder = folders[0]
     reference = listings[reference_folder]
-    for folder in folders[1:]:
-        _compare_listings(video_dir, reference_folder, reference, folder, listings[folder])
     frames = tuple(reference)
     files = {folder: tuple(listings[folder][stem] for stem in frames) for folder in folders}
     video = ChampVideo(path=video_dir, frames=frames, files=files)
@@ -137,24 +137,33 @@ def validate_video_dir(
     return video
 
 
-def _compare_listings(
-    video_dir: Path, reference_folder: str, reference: dict[str, str], folder: str, listing: dict[str, str]
-) -> None:
-    missing = [stem for stem in reference if stem not in listing]
-    if missing:
-        extension = Counter(os.path.splitext(name)[1] for name in listing.values()).most_common(1)[0][0]
-        name = f"{missing[0]}{extension}"
-        raise FileNotFoundError(
-            f"video {str(video_dir)!r}: folder {folder!r} is missing file {name!r} "
-            f"({str(video_dir / folder / name)!r}), which {reference_folder!r} has as {reference[missing[0]]!r}; "
-            f"{len(missing)} frame(s) missing in {folder!r}: {missing[:10]}."
-        )
-    extra = [stem for stem in listing if stem not in reference]
-    if extra:
+def _compare_listings(video_dir: Path, listings: dict[str, dict[str, str]]) -> None:
+    """Raises on the first frame (in natural order) whose files disagree across folders.
+
+    A frame present in at least half of the folders is expected everywhere: the folders without it are missing a
+    file (``FileNotFoundError``). A frame present in fewer than half is extra where it appears (``ValueError``).
+    """
+    folders = list(listings)
+    stems = sorted({stem for listing in listings.values() for stem in listing}, key=natural_key)
+    for stem in stems:
+        having = [folder for folder in folders if stem in listings[folder]]
+        if len(having) == len(folders):
+            continue
+        lacking = [folder for folder in folders if stem not in listings[folder]]
+        if 2 * len(having) >= len(folders):
+            folder = lacking[0]
+            extension = Counter(os.path.splitext(name)[1] for name in listings[folder].values()).most_common(1)[0][0]
+            name = f"{stem}{extension}"
+            missing = [other for other in stems if other not in listings[folder]]
+            raise FileNotFoundError(
+                f"video {str(video_dir)!r}: folder {folder!r} is missing file {name!r} "
+                f"({str(video_dir / folder / name)!r}), present in {having}; {len(missing)} frame(s) missing in "
+                f"{folder!r}: {missing[:10]}."
+            )
+        folder = having[0]
         raise ValueError(
-            f"video {str(video_dir)!r}: folder {folder!r} has file {listing[extra[0]]!r} with no counterpart in "
-            f"{reference_folder!r} ({len(listing)} files in {folder!r}, {len(reference)} in {reference_folder!r}); "
-            f"unmatched frames: {extra[:10]}."
+            f"video {str(video_dir)!r}: folder {folder!r} has file {listings[folder][stem]!r} with no counterpart in "
+            f"{lacking} ({len(listings[folder])} files in {folder!r}, {len(listings[lacking[0]])} in {lacking[0]!r})."
         )
 
 
