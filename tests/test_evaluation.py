@@ -1,0 +1,140 @@
+"""Evaluation (examples/evaluate.py, referencelcm.evaluation) and the inference benchmark, on tiny models and data."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from referencelcm import ReferenceLCMPipeline
+from referencelcm.data.synthdance import generate_dataset
+from referencelcm.evaluation import format_table, load_test_videos, write_report
+
+from .conftest import GUIDANCE_TYPES, build_components
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+# One thread per subprocess: on a shared CPU, extra threads spin-wait and make tiny models many times slower.
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("evaluation")
+    data = generate_dataset(root / "data", num_videos=2, num_frames=4, resolution=32, seed=0, split="test", progress=False)
+    ReferenceLCMPipeline(**build_components()).save_pretrained(root / "student")
+    ReferenceLCMPipeline(**build_components(scheduler="ddim")).save_pretrained(root / "teacher")
+    return {"root": root, "data": data, "student": root / "student", "teacher": root / "teacher"}
+
+
+def test_evaluate_script_writes_report_table_plot_and_samples(tiny_setup):
+    output_dir = tiny_setup["root"] / "out"
+    command = [
+        sys.executable, str(REPOSITORY / "examples" / "evaluate.py"), "--model", str(tiny_setup["student"]),
+        "--teacher", str(tiny_setup["teacher"]), "--data", str(tiny_setup["data"]), "--steps", "1", "2",
+        "--teacher_steps", "2", "--output_dir", str(output_dir), "--no_progress",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, env=SUBPROCESS_ENV, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    report = json.loads((output_dir / "report.json").read_text())
+    rows = report["rows"]
+    assert [(row["method"], row["steps"]) for row in rows] == [("teacher", 2), ("student", 1), ("student", 2)]
+    assert [row["guidance_scale"] for row in rows] == [3.5, 1.0, 1.0]
+    for row in rows:
+        assert row["num_videos"] == 2 and row["num_frames"] == 2 * 3  # frame 0 is the reference
+        assert -1.0 <= row["ssim"] <= 1.0
+        assert math.isfinite(row["psnr"]) and row["psnr"] > 0
+        assert 0.0 <= row["l1"] <= 1.0
+        assert 0.0 <= row["flicker"] <= 1.0 and 0.0 <= row["flicker_ground_truth"] <= 1.0
+        assert math.isfinite(row["seconds_per_frame"]) and row["seconds_per_frame"] > 0
+        sample = Path(row["sample_video"])
+        assert sample.parent == output_dir / "samples" and sample.stat().st_size > 0
+    assert not list((output_dir / "samples").glob(".tmp-*"))
+
+    table = (output_dir / "table.md").read_text()
+    assert table.startswith("| Method | Steps | CFG | SSIM ↑ | PSNR ↑ | L1 ↓ | Flicker (GT) | s / frame ↓ |")
+    assert len(table.strip().splitlines()) == 2 + len(rows)
+    assert (output_dir / "quality_vs_steps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_load_test_videos_splits_reference_from_generated_frames(tiny_setup):
+    videos = load_test_videos(tiny_setup["data"], GUIDANCE_TYPES, num_videos=1, max_frames=2, resolution=16)
+    assert len(videos) == 1
+    video = videos[0]
+    assert video.reference.shape == (16, 16, 3)
+    assert video.ground_truth.shape == (2, 3, 16, 16)
+    assert set(video.guidance) == set(GUIDANCE_TYPES)
+    assert all(stack.shape == (2, 16, 16, 3) for stack in video.guidance.values())
+
+
+def test_load_test_videos_errors_name_the_problem(tmp_path, tiny_setup):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_test_videos(tmp_path / "missing", GUIDANCE_TYPES)
+    with pytest.raises(FileNotFoundError, match="normal"):
+        load_test_videos(tiny_setup["data"], ("depth", "normal_typo"))
+    with pytest.raises(ValueError, match="max_frames"):
+        load_test_videos(tiny_setup["data"], GUIDANCE_TYPES, max_frames=1)
+
+
+def _row(method: str, steps: int, **extra) -> dict:
+    row = dict(method=method, steps=steps, guidance_scale=1.0, ssim=0.5, psnr=20.0, l1=0.1, flicker=0.02,
+               flicker_ground_truth=0.01, seconds_per_frame=0.25)
+    row.update(extra)
+    return row
+
+
+def test_format_table_has_one_line_per_row_and_only_present_metrics():
+    table = format_table([_row("teacher", 20, guidance_scale=3.5), _row("student", 2)])
+    lines = table.strip().splitlines()
+    assert lines[0] == "| Method | Steps | CFG | SSIM ↑ | PSNR ↑ | L1 ↓ | Flicker (GT) | s / frame ↓ |"
+    assert lines[1].count("|") == lines[0].count("|")
+    assert lines[2] == "| teacher | 20 | 3.5 | 0.5000 | 20.00 | 0.1000 | 0.0200 (0.0100) | 0.25 |"
+    assert lines[3].startswith("| student | 2 | 1 |")
+    assert len(lines) == 4
+
+
+def test_format_table_shows_learned_metrics_and_dashes_where_missing(tmp_path):
+    rows = [_row("teacher", 4, lpips=0.25, fvd=190.5), _row("student", 4)]
+    table = format_table(rows)
+    header, _, teacher, student = table.strip().splitlines()
+    assert "LPIPS ↓" in header and "FVD ↓" in header and "FID" not in header
+    assert "0.2500" in teacher and "190.50" in teacher
+    assert student.count("–") == 2
+    paths = write_report(rows, tmp_path, {"seed": 0})
+    assert json.loads(paths["report"].read_text())["rows"][0]["lpips"] == 0.25
+    assert paths["table"].read_text() == table
+    with pytest.raises(ValueError, match="empty"):
+        format_table([])
+
+
+def test_bench_inference_tiny_prints_consistent_table():
+    command = [
+        sys.executable, str(REPOSITORY / "benchmarks" / "bench_inference.py"), "--size", "tiny", "--frames", "2",
+        "--repeats", "1", "--memory_frames", "2", "--memory_modes", "student",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, env=SUBPROCESS_ENV, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {}
+    for line in result.stdout.splitlines():
+        match = re.match(r"\| (teacher|student)( [^|]+?)\s*\|(.*)\|$", line)
+        if match and "seconds" not in line:
+            cells = [cell.strip() for cell in match.group(3).split("|")]
+            rows[(match.group(1) + match.group(2)).strip()] = cells
+    speed = {label: cells for label, cells in rows.items() if len(cells) == 7}
+    assert list(speed) == ["teacher DDIM 20 + CFG 3.5", "student LCM 4", "student LCM 2"], result.stdout
+    teacher_seconds = float(speed["teacher DDIM 20 + CFG 3.5"][0])
+    for label, expected_evaluations in (("teacher DDIM 20 + CFG 3.5", 40), ("student LCM 4", 4), ("student LCM 2", 2)):
+        seconds, ratio, evaluations = (float(cell) for cell in speed[label][:3])
+        assert seconds > 0
+        # printed to 4 decimals (seconds) and 2 decimals (ratio): allow exactly that rounding
+        rounding = 0.005 + ratio * 5e-5 * (1 / teacher_seconds + 1 / seconds) * 1.01
+        assert ratio == pytest.approx(teacher_seconds / seconds, abs=rounding)
+        assert evaluations == expected_evaluations
+    memory = [line for line in result.stdout.splitlines() if re.match(r"\| student\s+\|\s+2 \|", line)]
+    assert len(memory) == 1 and float(memory[0].split("|")[3]) > 0
