@@ -30,6 +30,7 @@ def unet_2d_config(
     attention_head_dim: int = 2,
     norm_num_groups: int = 2,
     time_cond_proj_dim: int | None = None,
+    layers_per_block: int = 1,
 ) -> dict:
     """A ``UNet2DConditionModel`` config: cross-attention in every block but the deepest (SD1.5's pattern)."""
     depth = len(block_out_channels)
@@ -38,7 +39,7 @@ def unet_2d_config(
         in_channels=4,
         out_channels=4,
         block_out_channels=tuple(block_out_channels),
-        layers_per_block=1,
+        layers_per_block=layers_per_block,
         down_block_types=("CrossAttnDownBlock2D",) * (depth - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (depth - 1),
         cross_attention_dim=cross_attention_dim,
@@ -59,12 +60,19 @@ def build_components(
     cross_attention_dim: int = 16,
     norm_num_groups: int = 2,
     seed: int = 0,
+    layers_per_block: int = 1,
+    attention_head_dim: int = 2,
+    motion_layers_per_block: int | None = None,
+    motion_num_attention_heads: int = 2,
+    motion_max_seq_length: int = 32,
 ) -> dict:
     """Every :class:`ReferenceLCMPipeline` component, freshly initialised from ``seed`` (defaults: tiny, CPU-fast).
 
     The VAE downsamples by ``2 ** (len(vae_block_out_channels) - 1)``; the guidance encoder matches it. Models are
     returned in eval mode, as ``from_pretrained`` returns them. ``scheduler`` is ``"lcm"`` (student) or ``"ddim"``
-    (teacher), both on the teacher schedule :data:`TEACHER_SCHEDULER_CONFIG`.
+    (teacher), both on the teacher schedule :data:`TEACHER_SCHEDULER_CONFIG`. ``layers_per_block`` and
+    ``attention_head_dim`` size both UNets; the ``motion_*`` settings size the motion adapter (see
+    :func:`build_motion_adapter`).
     """
     if scheduler not in ("lcm", "ddim"):
         raise ValueError(f"`scheduler` must be 'lcm' or 'ddim', got {scheduler!r}.")
@@ -97,16 +105,15 @@ def build_components(
         block_out_channels=unet_block_out_channels,
         cross_attention_dim=cross_attention_dim,
         norm_num_groups=norm_num_groups,
+        layers_per_block=layers_per_block,
+        attention_head_dim=attention_head_dim,
     )
     reference_unet = UNet2DConditionModel(**unet_2d_config(**unet_kwargs))
     denoising_unet = UNet2DConditionModel(**unet_2d_config(**unet_kwargs, time_cond_proj_dim=time_cond_proj_dim))
     if motion:
-        adapter = MotionAdapter(
-            block_out_channels=tuple(unet_block_out_channels),
-            motion_layers_per_block=1,
-            motion_norm_num_groups=norm_num_groups,
-            motion_num_attention_heads=2,
-            motion_max_seq_length=32,
+        adapter = build_motion_adapter(
+            denoising_unet, motion_layers_per_block, motion_num_attention_heads, motion_max_seq_length,
+            zero_init=False,
         )
         denoising_unet = UNetMotionModel.from_unet2d(denoising_unet, adapter)
     first_width = unet_block_out_channels[0]
@@ -129,3 +136,32 @@ def build_components(
         guidance_encoder=guidance_encoder,
         scheduler=scheduler_class(**TEACHER_SCHEDULER_CONFIG),
     )
+
+
+def build_motion_adapter(
+    unet: UNet2DConditionModel,
+    motion_layers_per_block: int | None = None,
+    motion_num_attention_heads: int = 2,
+    motion_max_seq_length: int = 32,
+    motion_norm_num_groups: int | None = None,
+    zero_init: bool = True,
+) -> MotionAdapter:
+    """A fresh ``MotionAdapter`` that fits ``unet`` (same block widths; layers and norm groups default to the UNet's).
+
+    With ``zero_init`` every motion module's output projection starts at zero (as AnimateDiff initialises them), so
+    ``UNetMotionModel.from_unet2d(unet, adapter)`` first computes exactly what ``unet`` computes frame by frame.
+    """
+    adapter = MotionAdapter(
+        block_out_channels=tuple(unet.config.block_out_channels),
+        motion_layers_per_block=motion_layers_per_block or unet.config.layers_per_block,
+        motion_norm_num_groups=motion_norm_num_groups or unet.config.norm_num_groups,
+        motion_num_attention_heads=motion_num_attention_heads,
+        motion_max_seq_length=motion_max_seq_length,
+    )
+    if zero_init:
+        with torch.no_grad():
+            for name, module in adapter.named_modules():
+                if name.endswith("proj_out") and isinstance(module, torch.nn.Linear):
+                    module.weight.zero_()
+                    module.bias.zero_()
+    return adapter

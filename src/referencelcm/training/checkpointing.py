@@ -15,6 +15,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -95,6 +96,13 @@ class ModuleCheckpointHooks:
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"Checkpoint {input_dir!r} has no {name}.safetensors (expected from training).")
             module.load_state_dict(load_file(path), strict=True)
+
+
+def step_generator(seed: int, process_index: int, micro_step: int) -> torch.Generator:
+    """The random source of micro-batch ``micro_step`` (noise, timesteps, dropout): a pure function of the seed, so
+    resuming from a checkpoint continues exactly."""
+    state = np.random.SeedSequence([seed, process_index, micro_step]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) & ((1 << 63) - 1))
 
 
 def check_finite_loss(loss: torch.Tensor | float, step: int, terms: dict[str, float] | None = None) -> None:

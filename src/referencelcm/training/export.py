@@ -134,19 +134,59 @@ def run_validation(
     accelerator=None,
     num_inference_steps: int = 4,
     seed: int = 0,
+    guidance_scale: float = 1.0,
 ) -> list[np.ndarray]:
     """Generate one video per sample (``{"reference_image": (3,H,W) [0,1], "guidance": {type: (F,3,H,W)}}``) in
-    ``num_inference_steps`` LCM steps, save GIFs to ``output_dir/validation/step-<step>/`` and log to trackers."""
+    ``num_inference_steps`` steps of the pipeline's scheduler (``guidance_scale`` > 1: CFG, e.g. a DDIM teacher), save
+    GIFs to ``output_dir/validation/step-<step>/`` and log to trackers."""
     videos = []
     for index, sample in enumerate(samples):
         generator = torch.Generator().manual_seed(seed + index)
         frames = pipe(sample["reference_image"], sample["guidance"], num_inference_steps=num_inference_steps,
-                      generator=generator, output_type="np").frames[0]
+                      guidance_scale=guidance_scale, generator=generator, output_type="np").frames[0]
         save_video_frames(frames, Path(output_dir) / "validation" / f"step-{step}" / f"sample-{index}.gif")
         videos.append(frames)
     if accelerator is not None:
         _log_videos(accelerator, videos, step)
     return videos
+
+
+def validation_samples(
+    data_dir: str | os.PathLike,
+    resolution: int,
+    num_frames: int,
+    num_videos: int,
+    guidance_types: Sequence[str],
+    feature_extractor: Any = None,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """The first clip of each of the first ``num_videos`` videos of a Champ-layout root, centre-cropped, as
+    :func:`run_validation` samples: ``reference_image`` ``(3, H, W)`` in [0, 1], ``guidance`` ``{type: (F, 3, H, W)}``."""
+    from .data import ReferenceVideoDataset
+
+    dataset = ReferenceVideoDataset(
+        data_dir, resolution, num_frames=num_frames, num_references=1, guidance_types=guidance_types,
+        random_crop=False, clip_image_processor=feature_extractor, seed=seed,
+    )
+    firsts = [int(np.flatnonzero(dataset.item_source_ids == source)[0]) for source in range(dataset.num_sources)]
+    samples = []
+    for index in firsts[:num_videos]:
+        item = dataset[index]
+        guidance = {name: maps.permute(1, 0, 2, 3) for name, maps in item["guidance"].items()}  # (F, 3, H, W)
+        samples.append({"reference_image": (item["references"][0] + 1) / 2, "guidance": guidance})
+    return samples
+
+
+def push_folder_to_hub(
+    output_dir: str | os.PathLike, hub_model_id: str | None = None, hub_token: str | None = None,
+    ignore_patterns: Sequence[str] = ("checkpoint-*", ".*", "logs/*", "validation/*"),
+) -> str:
+    """Upload a finished output folder (not its checkpoints, logs or validation videos); returns the repo id."""
+    from huggingface_hub import create_repo, upload_folder
+
+    repo_id = create_repo(hub_model_id or Path(output_dir).name, exist_ok=True, token=hub_token).repo_id
+    upload_folder(repo_id=repo_id, folder_path=str(output_dir), token=hub_token, ignore_patterns=list(ignore_patterns))
+    return repo_id
 
 
 def _log_videos(accelerator, videos: list[np.ndarray], step: int) -> None:
