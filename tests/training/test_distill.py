@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from referencelcm import ReferenceLCMPipeline
-from referencelcm.models.reference_attention import ReferenceBank
+from referencelcm.models.injection import install_guidance_injection
+from referencelcm.models.reference_attention import ReferenceBank, install_reference_attention
 from referencelcm.training.consistency import DDIMSolver
 from referencelcm.training.distill import (
     ConsistencyDistillationStep,
@@ -36,21 +37,24 @@ def make_batch(num_frames: int = 1, batch_size: int = BATCH_SIZE, seed: int = 0)
     }
 
 
+def prepared(unet: torch.nn.Module) -> torch.nn.Module:
+    install_reference_attention(unet, "read")
+    install_guidance_injection(unet)
+    return unet
+
+
 def make_step(phase: str = "spatial", time_cond_proj_dim: int | None = None, **config) -> ConsistencyDistillationStep:
     components = build_components(motion=True, scheduler="ddim")
     randomize_guidance_encoder(components["guidance_encoder"])
     pipe = ReferenceLCMPipeline(**components)  # installs reference processors and guidance injection
     teacher = pipe.denoising_unet
     if phase == "spatial":
-        teacher = spatial_unet_from_motion(teacher)
-        pipe.register_modules(denoising_unet=teacher)
-        pipe._install_hooks()
+        teacher = prepared(spatial_unet_from_motion(teacher))
     student = copy.deepcopy(teacher)
     if time_cond_proj_dim is not None:
         student = build_components(motion=False, time_cond_proj_dim=time_cond_proj_dim)["denoising_unet"]
+        student = prepared(student)
         student.load_state_dict(teacher.state_dict(), strict=False)
-        pipe.register_modules(denoising_unet=student)
-        pipe._install_hooks()
     student.train()
     target = copy.deepcopy(student).requires_grad_(False)
     for model in (pipe.vae, pipe.image_encoder, pipe.reference_unet, pipe.guidance_encoder, teacher):
