@@ -161,3 +161,11 @@ def test_non_finite_loss_names_the_step():
     with pytest.raises(FloatingPointError, match="step 7"):
         check_finite_loss(torch.tensor(float("nan")), 7, {"consistency": float("nan")})
     check_finite_loss(torch.tensor(0.5), 7)
+
+
+def test_diverging_run_stops_with_the_step_and_leaves_only_complete_checkpoints(workspace, script):
+    args = base_args(workspace, "diverging", 3) + ["--checkpointing_steps", "1", "--learning_rate", "1e30"]
+    with pytest.raises(FloatingPointError, match="at step 2"):
+        script.main(args)
+    output = workspace / "diverging"
+    assert sorted(os.listdir(output)) == ["checkpoint-1"]  # no temporary folders, no half-written pipeline
