@@ -1,0 +1,149 @@
+"""examples/train_teacher.py on a tiny SynthDance set: stage vae → image → video, each output a loadable DDIM teacher.
+
+The VAE stage goes through ``python`` in a subprocess (the way users launch it, with a checkpoint and a validation
+image); the image and video stages call ``main(argv)`` in-process to keep the suite fast.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, UNet2DConditionModel, UNetMotionModel
+
+from referencelcm import ReferenceLCMPipeline
+from referencelcm.data.synthdance import generate_dataset
+from referencelcm.pipelines.factory import TEACHER_SCHEDULER_CONFIG
+from referencelcm.training.teacher import unread_reference_parameters
+from referencelcm.training.unets import is_motion_key
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "examples" / "train_teacher.py"
+TINY_SIZES = {
+    "image_size": 32, "guidance_types": ["depth", "dwpose"], "unet_block_out_channels": [8, 16],
+    "vae_block_out_channels": [8, 16], "cross_attention_dim": 16, "norm_num_groups": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("teacher")
+    generate_dataset(root / "data", num_videos=3, num_frames=6, resolution=32, seed=0, progress=False)
+    (root / "tiny.json").write_text(json.dumps(TINY_SIZES))
+    return root
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("train_teacher", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def base_args(workspace: Path, stage: str, output: str, steps: int = 2) -> list[str]:
+    return [
+        "--stage", stage, "--train_data_dir", str(workspace / "data"), "--output_dir", str(workspace / output),
+        "--resolution", "32", "--train_batch_size", "2", "--max_train_steps", str(steps), "--report_to", "none",
+        "--seed", "0",
+    ]
+
+
+def generate_in_teacher_mode(folder: Path) -> tuple[ReferenceLCMPipeline, torch.Tensor]:
+    pipe = ReferenceLCMPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(0)
+    guidance = {name: torch.rand(3, 3, 32, 32, generator=generator) for name in pipe.guidance_types}
+    frames = pipe(torch.rand(3, 32, 32, generator=generator), guidance, num_inference_steps=2, guidance_scale=3.5,
+                  generator=generator, output_type="pt").frames[0]
+    return pipe, frames
+
+
+def state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {key: value.clone() for key, value in module.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def vae_output(workspace: Path) -> Path:
+    args = base_args(workspace, "vae", "vae") + ["--model_config", str(workspace / "tiny.json"),
+                                                 "--checkpointing_steps", "2", "--validation_steps", "2"]
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=REPO,
+                            env=environment, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workspace / "vae"
+
+
+@pytest.fixture(scope="module")
+def image_output(workspace: Path, vae_output: Path, script) -> Path:
+    script.main(base_args(workspace, "image", "image") + [
+        "--pretrained_model", str(vae_output), "--learning_rate", "1e-3", "--checkpointing_steps", "2",
+        "--validation_steps", "2", "--validation_inference_steps", "2", "--validation_num_frames", "2"])
+    return workspace / "image"
+
+
+@pytest.fixture(scope="module")
+def video_output(workspace: Path, image_output: Path, script) -> Path:
+    script.main(base_args(workspace, "video", "video") + [
+        "--pretrained_model", str(image_output), "--num_frames", "3", "--learning_rate", "1e-3",
+        "--checkpointing_steps", "100"])
+    return workspace / "video"
+
+
+def test_vae_stage_writes_a_teacher_with_a_trained_vae(vae_output: Path):
+    pipe, frames = generate_in_teacher_mode(vae_output)
+    assert frames.shape == (3, 3, 32, 32) and bool(torch.isfinite(frames).all())
+    assert isinstance(pipe.scheduler, DDIMScheduler)
+    assert {key: pipe.scheduler.config[key] for key in TEACHER_SCHEDULER_CONFIG} == TEACHER_SCHEDULER_CONFIG
+    assert pipe.vae.config.scaling_factor != 0.18215  # measured on the data
+    assert (vae_output / "checkpoint-2" / "model.safetensors").is_file()
+    assert (vae_output / "validation" / "step-2" / "reconstruction.png").is_file()
+    assert "teacher" in (vae_output / "README.md").read_text()
+
+
+def test_image_stage_trains_read_layers_only(vae_output: Path, image_output: Path):
+    before = ReferenceLCMPipeline.from_pretrained(vae_output)
+    pipe, frames = generate_in_teacher_mode(image_output)
+    assert isinstance(pipe.denoising_unet, UNet2DConditionModel)
+    assert frames.shape == (3, 3, 32, 32) and bool(torch.isfinite(frames).all())
+    assert (image_output / "validation" / "step-2" / "sample-0.gif").is_file()
+    unread = set(unread_reference_parameters(pipe.reference_unet))
+    old, new = state(before.reference_unet), state(pipe.reference_unet)
+    assert all(torch.equal(old[name], new[name]) for name in unread)
+    assert any(not torch.equal(old[name], new[name]) for name in new if name not in unread)
+    for name in ("vae", "image_encoder"):
+        old, new = state(getattr(before, name)), state(getattr(pipe, name))
+        assert all(torch.equal(old[key], new[key]) for key in old), name
+    for name in ("denoising_unet", "guidance_encoder"):
+        old, new = state(getattr(before, name)), state(getattr(pipe, name))
+        assert any(not torch.equal(old[key], new[key]) for key in old), name
+
+
+def test_video_stage_trains_only_new_motion_modules(image_output: Path, video_output: Path):
+    before = ReferenceLCMPipeline.from_pretrained(image_output)
+    pipe, frames = generate_in_teacher_mode(video_output)
+    assert isinstance(pipe.denoising_unet, UNetMotionModel)
+    assert frames.shape == (3, 3, 32, 32) and bool(torch.isfinite(frames).all())
+    spatial, motion = state(before.denoising_unet), state(pipe.denoising_unet)
+    assert all(torch.equal(spatial[key], value) for key, value in motion.items() if not is_motion_key(key))
+    assert any(not torch.equal(value, torch.zeros_like(value)) for key, value in motion.items()
+               if is_motion_key(key) and "proj_out" in key)  # zero-initialised, then trained
+    for name in ("reference_unet", "guidance_encoder", "vae"):
+        old, new = state(getattr(before, name)), state(getattr(pipe, name))
+        assert all(torch.equal(old[key], new[key]) for key in old), name
+    assert (video_output / "motion_adapter" / "config.json").is_file()
+
+
+def test_model_config_errors_name_the_argument(workspace: Path, script, tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("unet_block_out_channels: [8, 16]\nwidth: 3\n")
+    with pytest.raises(ValueError, match="--model_config.*width"):
+        script.main(base_args(workspace, "image", "bad") + ["--model_config", str(bad)])
+    with pytest.raises(FileNotFoundError, match="--model_config"):
+        script.main(base_args(workspace, "image", "bad") + ["--model_config", str(tmp_path / "missing.json")])
