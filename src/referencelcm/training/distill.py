@@ -126,6 +126,13 @@ class EncodedBatch:
     num_references: int = field(default=1)
 
 
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside distributed / compile wrappers (``.module``, ``._orig_mod``), for its config and device."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
 class ConsistencyDistillationStep:
     """Computes the CoSeC-LCD loss of one batch; the caller owns backward, the optimiser and the EMA update.
 
@@ -154,7 +161,7 @@ class ConsistencyDistillationStep:
         target = batch["target"].to(device)
         frames = rearrange(target, "b c f h w -> (b f) c h w").to(models.vae.dtype)
         latents = rearrange(_encode_latents(models.vae, frames).float(), "(b f) c h w -> b c f h w", b=batch_size)
-        guidance = {name: maps.to(device) for name, maps in batch["guidance"].items()}
+        guidance = {name: maps.to(device, models.guidance_encoder.dtype) for name, maps in batch["guidance"].items()}
         guidance_features = models.guidance_encoder(guidance).float()
 
         references = rearrange(batch["references"].to(device), "b k c h w -> (b k) c h w")
@@ -196,8 +203,8 @@ class ConsistencyDistillationStep:
             guidance_scale = config.w_min + (config.w_max - config.w_min) * uniform
         else:
             guidance_scale = torch.full((batch_size,), float(config.guidance_scale), device=device)
-        return tuple(values.repeat_interleave(num_references, dim=0) for values in (noise, index, start, previous,
-                                                                                     guidance_scale))
+        per_item = (noise, index, start, previous, guidance_scale)
+        return tuple(values.repeat_interleave(num_references, dim=0) for values in per_item)
 
     @torch.no_grad()
     def teacher_solver_step(
@@ -210,6 +217,7 @@ class ConsistencyDistillationStep:
     ) -> torch.Tensor:
         """``x̂_{t_n} = Ψ(x_{t_{n+k}}, t_{n+k}, t_n)`` with the teacher under CFG ω (Eq. 3), ``(N, C, F, h, w)``."""
         teacher = self.models.teacher_unet
+        teacher_config = unwrap_model(teacher).config
         with_uncond = not bool((guidance_scale == 1).all())
         repeats = 2 if with_uncond else 1
         image_embeds, bank = encoded.image_embeds, encoded.reference_bank
@@ -217,8 +225,8 @@ class ConsistencyDistillationStep:
             image_embeds = torch.cat([image_embeds, torch.zeros_like(image_embeds)])
             bank = ReferenceBank.cat([bank, bank.with_drop(torch.ones(bank.batch_size, dtype=torch.bool))])
         timestep_cond = None
-        if teacher.config.get("time_cond_proj_dim") is not None:
-            timestep_cond = guidance_condition(guidance_scale, teacher.config.time_cond_proj_dim).repeat(repeats, 1)
+        if teacher_config.get("time_cond_proj_dim") is not None:
+            timestep_cond = guidance_condition(guidance_scale, teacher_config.time_cond_proj_dim).repeat(repeats, 1)
         output = run_denoising_unet(
             teacher,
             noisy_latents.repeat(repeats, 1, 1, 1, 1),
@@ -245,9 +253,9 @@ class ConsistencyDistillationStep:
         guidance_scale: torch.Tensor,
     ) -> torch.Tensor:
         """``f(x_t, t) = c_skip·x_t + c_out·x̂_0`` (Eq. 2) of the student or EMA target D-UNet, float32."""
-        timestep_cond = None
-        if unet.config.get("time_cond_proj_dim") is not None:
-            timestep_cond = guidance_condition(guidance_scale, unet.config.time_cond_proj_dim)
+        timestep_cond, config = None, unwrap_model(unet).config
+        if config.get("time_cond_proj_dim") is not None:
+            timestep_cond = guidance_condition(guidance_scale, config.time_cond_proj_dim)
         output = run_denoising_unet(
             unet, sample, timesteps, encoded.image_embeds, encoded.reference_bank, encoded.guidance_features,
             timestep_cond,
@@ -274,7 +282,7 @@ class ConsistencyDistillationStep:
 
     def step(self, batch: Mapping[str, Any], generator: torch.Generator | None = None) -> DistillationOutput:
         """The loss ``L_CD + R_spt`` (phase 1, Eq. 5) or ``L_CD + λ·R_tmp`` (phase 2, Eq. 8) of one batch."""
-        device = self.models.student_unet.device
+        device = unwrap_model(self.models.student_unet).device
         encoded = self.encode_batch(batch, device)
         batch_size = encoded.latents.shape[0] // encoded.num_references
         noise, index, start, previous, guidance_scale = self.sample_conditions(
