@@ -247,10 +247,22 @@ def measure_speed(pipe: ReferenceLCMPipeline, args: argparse.Namespace) -> list[
     return rows
 
 
+def current_rss() -> int:
+    """This process's resident set size in bytes (psutil if installed, else Linux ``/proc/self/statm``, else 0)."""
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss
+    except ImportError:
+        try:
+            with open("/proc/self/statm") as statm:
+                return int(statm.read().split()[1]) * resource.getpagesize()
+        except OSError:
+            return 0
+
+
 def memory_probe(args: argparse.Namespace) -> None:
     """Run one call in this (fresh) process and print its peak memory as a JSON line."""
-    import psutil
-
     pipe = load_pipeline(args)
     mode = "teacher" if args.probe_mode == "teacher" else "student"
     steps, guidance_scale = (TEACHER_STEPS, TEACHER_GUIDANCE_SCALE) if mode == "teacher" else (STUDENT_STEPS[0], 1.0)
@@ -264,7 +276,7 @@ def memory_probe(args: argparse.Namespace) -> None:
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
     else:
-        before = psutil.Process().memory_info().rss
+        before = current_rss()
     timed_call(pipe, inputs, steps, guidance_scale, args)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)

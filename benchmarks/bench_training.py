@@ -29,7 +29,7 @@ import torch
 from diffusers import DDIMScheduler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_inference import SIZES, build_random_pipeline  # noqa: E402  (sibling benchmark: the same model configs)
+from bench_inference import SIZES, build_random_pipeline, current_rss  # noqa: E402  (sibling benchmark: the same model configs)
 
 from referencelcm import ReferenceLCMPipeline  # noqa: E402
 from referencelcm.training.consistency import DDIMSolver  # noqa: E402
@@ -98,14 +98,12 @@ def synchronize(device: torch.device) -> None:
 
 def probe(args: argparse.Namespace) -> None:
     """Measure one phase in this process and print a JSON line."""
-    import psutil
-
     device = torch.device(args.device)
     step, optimizer = build_step(args, args.phase, device)
     batch = make_batch(args, args.phase, step.models.guidance_encoder.config.guidance_types, device)
     counts: Counter = Counter()
     count_passes(step.models, counts)
-    before = torch.cuda.memory_allocated(device) if device.type == "cuda" else psutil.Process().memory_info().rss
+    before = torch.cuda.memory_allocated(device) if device.type == "cuda" else current_rss()
     generator = torch.Generator().manual_seed(args.seed)
     seconds = []
     for index in range(args.warmup + args.steps):

@@ -47,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lpips_net", default="alex", choices=("alex", "vgg", "squeeze"))
     parser.add_argument("--fid_feature_network", default=None, help="image feature network file (TorchScript/pt2)")
     parser.add_argument("--fvd_feature_network", default=None, help="video feature network file (TorchScript/pt2)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--no_progress", action="store_true")
     return parser.parse_args(argv)
 
@@ -71,6 +72,8 @@ def build_metrics(args: argparse.Namespace) -> QualityMetrics:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     progress = not args.no_progress
     output_dir = Path(args.output_dir)
@@ -102,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     rows += evaluate_model(student, None, args.steps, args.guidance_scale, "student", **common)
 
     # 4. Report
-    settings = {key: value for key, value in vars(args).items() if key != "no_progress"}
+    settings = {key: value for key, value in vars(args).items() if key not in ("no_progress", "threads")}
     paths = write_report(rows, output_dir, settings)
     plot = write_plot(rows, output_dir / "quality_vs_steps.png")
     print(paths["table"].read_text(encoding="utf-8"))

@@ -363,6 +363,7 @@ def write_plot(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path 
     keys = [key for key in PLOTTED_METRICS if any(row.get(key) is not None for row in rows)]
     headers = {key: header for key, header, _ in METRIC_COLUMNS}
     methods = list(dict.fromkeys(row["method"] for row in rows))
+    all_steps = sorted({row["steps"] for row in rows})
     figure, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.0), squeeze=False)
     for axis, key in zip(axes[0], keys):
         for method in methods:
@@ -370,6 +371,8 @@ def write_plot(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path 
             if points:
                 axis.plot(*zip(*points), marker="o", label=method)
         axis.set_xscale("log", base=2)
+        axis.set_xticks(all_steps, [str(steps) for steps in all_steps])
+        axis.minorticks_off()
         axis.set_xlabel("steps")
         axis.set_title(headers[key])
         axis.grid(alpha=0.3)
