@@ -38,6 +38,7 @@ from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from ..models.guidance_encoder import MultiGuidanceEncoder
 from ..models.motion import set_motion_norm_mode
+from ..pipelines.factory import TEACHER_SCHEDULER_CONFIG
 from .champ_keys import (
     MOTION_ALLOWED_MISSING,
     REFERENCE_UNET_ALLOWED_MISSING,
@@ -78,18 +79,7 @@ def champ_scheduler(beta_schedule: str = "scaled_linear") -> DDIMScheduler:
     """
     if beta_schedule not in BETA_SCHEDULES:
         raise ValueError(f"`beta_schedule` must be one of {BETA_SCHEDULES}, got {beta_schedule!r}.")
-    return DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule=beta_schedule,
-        steps_offset=1,
-        clip_sample=False,
-        set_alpha_to_one=True,
-        prediction_type="v_prediction",
-        rescale_betas_zero_snr=True,
-        timestep_spacing="trailing",
-    )
+    return DDIMScheduler(**{**TEACHER_SCHEDULER_CONFIG, "beta_schedule": beta_schedule})
 
 
 # -- input files -------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from ..models.guidance_encoder import MultiGuidanceEncoder
 
 # The teacher schedule of DESIGN §2 (Champ's): v-prediction, zero terminal SNR, trailing timesteps.
 TEACHER_SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
     beta_start=0.00085,
     beta_end=0.012,
     beta_schedule="scaled_linear",
@@ -19,7 +20,8 @@ TEACHER_SCHEDULER_CONFIG = dict(
     rescale_betas_zero_snr=True,
     timestep_spacing="trailing",
     clip_sample=False,
-    set_alpha_to_one=False,
+    set_alpha_to_one=True,  # diffusers' default, as Champ: the last DDIM step lands on x̂₀
+    steps_offset=1,
 )
 
 
