@@ -48,7 +48,7 @@ from referencelcm.training.checkpointing import check_finite_loss, resolve_resum
 from referencelcm.training.data import MultiSourceBatchSampler, ReferenceVideoDataset, collate_reference_batch
 from referencelcm.training.export import push_folder_to_hub, run_validation, save_student_pipeline, validation_samples
 from referencelcm.training.teacher import TeacherConfig, TeacherModels, TeacherTrainingStep, set_trainable
-from referencelcm.training.unets import spatial_unet_from_motion
+from referencelcm.training.unets import motion_unet_with_spatial_weights, spatial_unet_from_motion
 from referencelcm.training.vae import latent_scaling_factor, vae_loss
 
 logger = get_logger(__name__)
@@ -211,6 +211,23 @@ def build_pipeline(args) -> ReferenceLCMPipeline:
     return ReferenceLCMPipeline(**components, motion_norm_mode=motion_norm_mode)
 
 
+def with_denoising_unet(pipe: ReferenceLCMPipeline, unet: torch.nn.Module) -> ReferenceLCMPipeline:
+    """The same components with another D-UNet (processors and guidance injection installed anew)."""
+    components = dict(pipe.components, denoising_unet=unet)
+    return ReferenceLCMPipeline(**components, motion_norm_mode=pipe.config.motion_norm_mode)
+
+
+def stage_pipeline(args) -> tuple[ReferenceLCMPipeline, UNetMotionModel | None]:
+    """The starting point in the stage's form: stage video inflates the D-UNet; stage image trains the 2-D part of a
+    motion D-UNet, which is returned too so its motion modules can be put back on save."""
+    pipe = build_pipeline(args)
+    if args.stage == "video":
+        return inflate(pipe, args), None
+    if args.stage == "image" and isinstance(pipe.denoising_unet, UNetMotionModel):
+        return with_denoising_unet(pipe, spatial_unet_from_motion(pipe.denoising_unet)), pipe.denoising_unet
+    return pipe, None
+
+
 def inflate(pipe: ReferenceLCMPipeline, args) -> ReferenceLCMPipeline:
     """Stage video: the D-UNet as a ``UNetMotionModel`` (loaded adapter, the existing motion modules, or a new
     zero-initialised adapter sized by ``--model_config``'s ``motion_*`` keys)."""
@@ -224,8 +241,7 @@ def inflate(pipe: ReferenceLCMPipeline, args) -> ReferenceLCMPipeline:
         sizes = load_model_config(args.model_config) if args.model_config else {}
         adapter = factory.build_motion_adapter(spatial, **{key: value for key, value in sizes.items()
                                                            if key.startswith("motion_")})
-    components = dict(pipe.components, denoising_unet=UNetMotionModel.from_unet2d(spatial, adapter))
-    return ReferenceLCMPipeline(**components, motion_norm_mode=pipe.config.motion_norm_mode)
+    return with_denoising_unet(pipe, UNetMotionModel.from_unet2d(spatial, adapter))
 
 
 # -- losses and validation per stage -----------------------------------------------------------------------------------
@@ -266,10 +282,8 @@ def main(argv: list[str] | None = None) -> None:
     set_seed(args.seed)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
 
-    # 2. Models: the starting point (inflated for stage video) and what trains
-    pipe = build_pipeline(args)
-    if args.stage == "video":
-        pipe = inflate(pipe, args)
+    # 2. Models: the starting point in the stage's form, and what trains
+    pipe, motion_source = stage_pipeline(args)
     pipe.set_progress_bar_config(disable=True)
     models = TeacherModels(pipe.vae, pipe.image_encoder, pipe.reference_unet, pipe.denoising_unet,
                            pipe.guidance_encoder)
@@ -375,7 +389,7 @@ def main(argv: list[str] | None = None) -> None:
     # 8. Save the teacher pipeline, push
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_output(args, pipe, dataset)
+        save_output(args, pipe, dataset, motion_source)
     accelerator.end_training()
 
 
@@ -388,8 +402,11 @@ def validate(args, pipe: ReferenceLCMPipeline, samples: list[dict], step: int, a
                    seed=args.seed, guidance_scale=args.validation_guidance_scale)
 
 
-def save_output(args, pipe: ReferenceLCMPipeline, dataset: ReferenceVideoDataset) -> None:
-    """The whole teacher in float32 (stage vae: with ``scaling_factor`` measured on the data), model card, push."""
+def save_output(
+    args, pipe: ReferenceLCMPipeline, dataset: ReferenceVideoDataset, motion_source: UNetMotionModel | None = None
+) -> None:
+    """The whole teacher in float32 (stage vae: with ``scaling_factor`` measured on the data; stage image from a
+    motion D-UNet: the trained 2-D weights back in it), model card, push."""
     for model in pipe.components.values():
         if isinstance(model, torch.nn.Module):
             if model.dtype != torch.float32:
@@ -400,6 +417,8 @@ def save_output(args, pipe: ReferenceLCMPipeline, dataset: ReferenceVideoDataset
         scaling_factor = latent_scaling_factor(pipe.vae, batches)
         pipe.vae.register_to_config(scaling_factor=scaling_factor)
         logger.info(f"VAE latent scaling_factor set to {scaling_factor:.4f}.")
+    if motion_source is not None:
+        pipe = with_denoising_unet(pipe, motion_unet_with_spatial_weights(motion_source, pipe.denoising_unet))
     extra_files = {}
     if args.stage == "video":
         adapter_dir = Path(args.output_dir) / ".motion_adapter"

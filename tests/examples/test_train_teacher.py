@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +20,13 @@ from diffusers import DDIMScheduler, UNet2DConditionModel, UNetMotionModel
 
 from referencelcm import ReferenceLCMPipeline
 from referencelcm.data.synthdance import generate_dataset
+from referencelcm.models.injection import run_denoising_unet
+from referencelcm.pipelines import factory
 from referencelcm.pipelines.factory import TEACHER_SCHEDULER_CONFIG
 from referencelcm.training.teacher import unread_reference_parameters
 from referencelcm.training.unets import is_motion_key
+
+from ..conftest import build_components
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "examples" / "train_teacher.py"
@@ -82,7 +87,7 @@ def vae_output(workspace: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def image_output(workspace: Path, vae_output: Path, script) -> Path:
-    script.main(base_args(workspace, "image", "image") + [
+    script.main(base_args(workspace, "image", "image", steps=3) + [
         "--pretrained_model", str(vae_output), "--learning_rate", "1e-3", "--checkpointing_steps", "2",
         "--validation_steps", "2", "--validation_inference_steps", "2", "--validation_num_frames", "2"])
     return workspace / "image"
@@ -147,3 +152,61 @@ def test_model_config_errors_name_the_argument(workspace: Path, script, tmp_path
         script.main(base_args(workspace, "image", "bad") + ["--model_config", str(bad)])
     with pytest.raises(FileNotFoundError, match="--model_config"):
         script.main(base_args(workspace, "image", "bad") + ["--model_config", str(tmp_path / "missing.json")])
+
+
+def test_image_stage_resumes_exactly(workspace: Path, vae_output: Path, image_output: Path, script):
+    resumed = workspace / "image-resumed"
+    shutil.copytree(image_output / "checkpoint-2", resumed / "checkpoint-2")
+    script.main(base_args(workspace, "image", "image-resumed", steps=3) + [
+        "--pretrained_model", str(vae_output), "--learning_rate", "1e-3", "--resume_from_checkpoint", "latest"])
+    expected = ReferenceLCMPipeline.from_pretrained(image_output)
+    actual = ReferenceLCMPipeline.from_pretrained(resumed)
+    for name in ("denoising_unet", "reference_unet", "guidance_encoder"):
+        old, new = state(getattr(expected, name)), state(getattr(actual, name))
+        assert all(torch.equal(old[key], new[key]) for key in old), name
+
+
+def test_image_stage_from_a_motion_teacher_keeps_its_motion_modules(workspace: Path, script):
+    source = workspace / "motion-teacher"
+    components = build_components(motion=True, scheduler="ddim")
+    ReferenceLCMPipeline(**components, motion_norm_mode="frame").save_pretrained(source)
+    script.main(base_args(workspace, "image", "from-motion", steps=1) + [
+        "--pretrained_model", str(source), "--learning_rate", "1e-3", "--checkpointing_steps", "100"])
+    pipe, frames = generate_in_teacher_mode(workspace / "from-motion")
+    assert isinstance(pipe.denoising_unet, UNetMotionModel) and pipe.config.motion_norm_mode == "frame"
+    old, new = state(components["denoising_unet"]), state(pipe.denoising_unet)
+    assert all(torch.equal(old[key], new[key]) for key in old if is_motion_key(key))
+    assert any(not torch.equal(old[key], new[key]) for key in old if not is_motion_key(key))
+
+
+def test_new_motion_adapter_starts_as_the_image_model(workspace: Path, script):
+    pipe = ReferenceLCMPipeline(**build_components(motion=False, scheduler="ddim"))
+    args = script.parse_args(base_args(workspace, "video", "unused") + ["--num_frames", "3"])
+    inflated = script.inflate(pipe, args)
+    assert isinstance(inflated.denoising_unet, UNetMotionModel)
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, 4, 3, 8, 8, generator=generator)
+    image_embeds = torch.randn(1, 1, 16, generator=generator)
+    outputs = [run_denoising_unet(unet, latents, torch.tensor([500]), image_embeds, None)
+               for unet in (pipe.denoising_unet, inflated.denoising_unet)]
+    torch.testing.assert_close(outputs[0], outputs[1])
+
+
+def test_sd15_style_folders_replace_components(workspace: Path, script, tmp_path: Path):
+    base = build_components(motion=False, scheduler="ddim")
+    wider = UNet2DConditionModel(**factory.unet_2d_config(8, block_out_channels=(16, 32), cross_attention_dim=16))
+    wider.save_pretrained(tmp_path / "sd" / "unet")
+    base["vae"].save_pretrained(tmp_path / "sd" / "vae")
+    base["image_encoder"].save_pretrained(tmp_path / "clip" / "image_encoder")
+    base["feature_extractor"].save_pretrained(tmp_path / "clip" / "feature_extractor")
+    args = script.parse_args(base_args(workspace, "image", "unused") + [
+        "--pretrained_unet_path", str(tmp_path / "sd"), "--pretrained_vae_path", str(tmp_path / "sd"),
+        "--image_encoder_path", str(tmp_path / "clip" / "image_encoder")])
+    pipe = script.build_pipeline(args)
+    assert tuple(pipe.denoising_unet.config.block_out_channels) == (16, 32)
+    assert tuple(pipe.reference_unet.config.block_out_channels) == (16, 32)
+    assert pipe.guidance_encoder.config.guidance_embedding_channels == 16  # rebuilt to match
+    assert isinstance(pipe.scheduler, DDIMScheduler)
+    with pytest.raises(FileNotFoundError, match="--pretrained_vae_path"):
+        script.build_pipeline(script.parse_args(base_args(workspace, "image", "unused") + [
+            "--pretrained_vae_path", str(tmp_path / "clip")]))
