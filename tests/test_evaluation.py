@@ -12,10 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from referencelcm import ReferenceLCMPipeline
 from referencelcm.data.synthdance import generate_dataset
-from referencelcm.evaluation import format_table, load_test_videos, write_report
+from referencelcm.evaluation import QualityMetrics, evaluate_model, format_table, load_test_videos, write_report
+from referencelcm.metrics import FrechetDistance
 
 from .conftest import GUIDANCE_TYPES, build_components
 
@@ -143,3 +145,33 @@ def test_bench_inference_tiny_prints_consistent_table():
         assert evaluations == expected_evaluations
     memory = [line for line in result.stdout.splitlines() if re.match(r"\| student\s+\|\s+2 \|", line)]
     assert len(memory) == 1 and float(memory[0].split("|")[3]) > 0
+
+
+class _MomentFeatures(torch.nn.Module):
+    """Per-channel mean and standard deviation: (N, 3, H, W) or (B, 3, F, H, W) → (N, 6)."""
+
+    def forward(self, samples: torch.Tensor) -> torch.Tensor:
+        flat = samples.flatten(2)
+        return torch.cat([flat.mean(-1), flat.std(-1)], dim=1)
+
+
+def test_evaluate_model_rows_with_frechet_distances_from_a_local_network(tmp_path, tiny_setup):
+    network_path = tmp_path / "moments.pt"
+    torch.save({}, network_path)  # the architecture has no weights; the file stands for a local checkpoint
+    metrics = QualityMetrics(
+        fid=FrechetDistance(network_path, module=_MomentFeatures()),
+        fvd=FrechetDistance(network_path, module=_MomentFeatures()),
+    )
+    pipe = ReferenceLCMPipeline(**build_components())
+    pipe.set_progress_bar_config(disable=True)
+    rows = evaluate_model(
+        pipe, tiny_setup["data"], steps=[1, 2], method="student", metrics=metrics, max_frames=2, warmup=False,
+        progress=False,
+    )
+    assert [row["steps"] for row in rows] == [1, 2]
+    for row in rows:
+        assert row["num_frames"] == 2 * 2 and row["sample_video"] is None
+        assert math.isfinite(row["fid"]) and row["fid"] >= -1e-6
+        assert math.isfinite(row["fvd"]) and row["fvd"] >= -1e-6
+    header = format_table(rows).splitlines()[0]
+    assert "FID ↓" in header and "FVD ↓" in header
