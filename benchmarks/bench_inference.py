@@ -23,7 +23,6 @@ import argparse
 import functools
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -135,7 +134,8 @@ def set_mode(pipe: ReferenceLCMPipeline, mode: str) -> None:
 def make_inputs(pipe: ReferenceLCMPipeline, num_frames: int, resolution: int, seed: int) -> dict:
     generator = torch.Generator().manual_seed(seed)
     reference = torch.rand(3, resolution, resolution, generator=generator)
-    guidance = {name: torch.rand(num_frames, 3, resolution, resolution, generator=generator) for name in pipe.guidance_types}
+    shape = (num_frames, 3, resolution, resolution)
+    guidance = {name: torch.rand(shape, generator=generator) for name in pipe.guidance_types}
     return dict(reference_image=reference, guidance=guidance)
 
 
@@ -219,7 +219,8 @@ def timed_call(pipe: ReferenceLCMPipeline, inputs: dict, steps: int, guidance_sc
 
 def modes() -> list[tuple[str, str, int, float]]:
     """(label, mode, steps, guidance scale): the teacher first, the ratio's numerator."""
-    teacher = [(f"teacher DDIM {TEACHER_STEPS} + CFG {TEACHER_GUIDANCE_SCALE:g}", "teacher", TEACHER_STEPS, TEACHER_GUIDANCE_SCALE)]
+    teacher_label = f"teacher DDIM {TEACHER_STEPS} + CFG {TEACHER_GUIDANCE_SCALE:g}"
+    teacher = [(teacher_label, "teacher", TEACHER_STEPS, TEACHER_GUIDANCE_SCALE)]
     return teacher + [(f"student LCM {steps}", "student", steps, 1.0) for steps in STUDENT_STEPS]
 
 
@@ -305,7 +306,8 @@ def _run_probe(command: list[str]) -> dict:
 def measure_memory(args: argparse.Namespace) -> list[dict]:
     """One fresh process per (mode, frames); ``--memory_jobs`` of them at once (memory does not depend on speed)."""
     settings = [(mode, frames) for mode in args.memory_modes for frames in args.memory_frames]
-    jobs = 1 if torch.device(args.device).type == "cuda" else args.memory_jobs  # one GPU: its peak is per process anyway
+    # On a GPU one at a time: max_memory_allocated is per process, but the card's memory is shared.
+    jobs = 1 if torch.device(args.device).type == "cuda" else args.memory_jobs
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         probes = list(pool.map(lambda setting: _run_probe(_probe_command(args, *setting)), settings))
     return [dict(mode=mode, frames=frames, **probe) for (mode, frames), probe in zip(settings, probes)]

@@ -3,11 +3,11 @@
     python benchmarks/bench_training.py                        # tiny random configs, CPU
     python benchmarks/bench_training.py --size sd15 --resolution 256 --frames 8     # SD1.5-sized on GPU (fp32)
 
-One step = ``ConsistencyDistillationStep.step`` (frozen encoders, one shared R-UNet pass, teacher with CFG, EMA target,
-student) + backward + AdamW + EMA update. Phase ``spatial`` uses the 2-D D-UNet on single frames, ``temporal`` the motion
-D-UNet on ``--frames``-frame clips. Each phase runs in a fresh process; after ``--warmup`` untimed steps the median of
-``--steps`` timed steps is printed. Passes are counted with forward hooks: calls and samples (batch rows; a 2-D UNet's
-rows are frames). Peak memory: CUDA ``max_memory_allocated`` on GPU; on CPU the process's peak RSS (``ru_maxrss``,
+One step = ``ConsistencyDistillationStep.step`` (frozen encoders, one shared R-UNet pass, teacher with CFG, EMA
+target, student) + backward + AdamW + EMA update. Phase ``spatial`` uses the 2-D D-UNet on single frames, ``temporal``
+the motion D-UNet on ``--frames``-frame clips. Each phase runs in a fresh process; after ``--warmup`` untimed steps
+the median of ``--steps`` timed steps is printed. Passes are counted with forward hooks: calls and samples (batch
+rows; a 2-D UNet's rows are frames). Peak memory: CUDA ``max_memory_allocated`` on GPU; on CPU the process's peak RSS (``ru_maxrss``,
 including Python, torch and the weights) and its increase over the RSS before the first step. Random weights, speed
 only. Not part of the test suite.
 """
@@ -29,11 +29,16 @@ import torch
 from diffusers import DDIMScheduler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_inference import SIZES, build_random_pipeline, current_rss  # noqa: E402  (sibling benchmark: the same model configs)
+# the sibling benchmark's model configs, so both measure the same networks
+from bench_inference import SIZES, build_random_pipeline, current_rss  # noqa: E402
 
 from referencelcm import ReferenceLCMPipeline  # noqa: E402
 from referencelcm.training.consistency import DDIMSolver  # noqa: E402
-from referencelcm.training.distill import ConsistencyDistillationStep, DistillationConfig, DistillationModels  # noqa: E402
+from referencelcm.training.distill import (  # noqa: E402
+    ConsistencyDistillationStep,
+    DistillationConfig,
+    DistillationModels,
+)
 from referencelcm.training.ema import ema_update  # noqa: E402
 from referencelcm.training.unets import spatial_unet_from_motion  # noqa: E402
 
@@ -42,7 +47,9 @@ MARKER = "TRAINING_PROBE "
 LEARNING_RATE, EMA_DECAY = 1e-6, 0.95  # appendix C
 
 
-def build_step(args: argparse.Namespace, phase: str, device: torch.device) -> tuple[ConsistencyDistillationStep, torch.optim.Optimizer]:
+def build_step(
+    args: argparse.Namespace, phase: str, device: torch.device
+) -> tuple[ConsistencyDistillationStep, torch.optim.Optimizer]:
     """Teacher, EMA target and student from one random pipeline; 2-D D-UNets for the spatial phase."""
     pipe = build_random_pipeline(args.size, args.seed)
     teacher_scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
@@ -74,7 +81,9 @@ def make_batch(args: argparse.Namespace, phase: str, guidance_types, device: tor
         "target": torch.rand(shape, generator=generator) * 2 - 1,
         "guidance": {name: torch.rand(shape, generator=generator) for name in guidance_types},
         "references": torch.rand(args.batch_size, args.references, 3, size, size, generator=generator) * 2 - 1,
-        "reference_clip_pixels": torch.randn(args.batch_size, args.references, 3, clip_size, clip_size, generator=generator),
+        "reference_clip_pixels": torch.randn(
+            args.batch_size, args.references, 3, clip_size, clip_size, generator=generator
+        ),
         "source_id": torch.arange(args.batch_size),
     }
     return {key: value if isinstance(value, dict) else value.to(device) for key, value in batch.items()}

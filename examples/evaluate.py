@@ -62,7 +62,9 @@ def load_pipeline(path: str, device: str, dtype: torch.dtype) -> ReferenceLCMPip
 def build_metrics(args: argparse.Namespace) -> QualityMetrics:
     metrics = QualityMetrics()
     if args.lpips_linear_weights or args.lpips_backbone_weights:
-        metrics.lpips = LearnedPerceptualDistance(args.lpips_linear_weights, args.lpips_backbone_weights, net=args.lpips_net)
+        metrics.lpips = LearnedPerceptualDistance(
+            args.lpips_linear_weights, args.lpips_backbone_weights, net=args.lpips_net
+        )
     if args.fid_feature_network:
         metrics.fid = FrechetDistance(args.fid_feature_network)
     if args.fvd_feature_network:

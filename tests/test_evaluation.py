@@ -29,7 +29,9 @@ SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 @pytest.fixture(scope="module")
 def tiny_setup(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("evaluation")
-    data = generate_dataset(root / "data", num_videos=2, num_frames=4, resolution=32, seed=0, split="test", progress=False)
+    data = generate_dataset(
+        root / "data", num_videos=2, num_frames=4, resolution=32, seed=0, split="test", progress=False
+    )
     ReferenceLCMPipeline(**build_components()).save_pretrained(root / "student")
     ReferenceLCMPipeline(**build_components(scheduler="ddim")).save_pretrained(root / "teacher")
     return {"root": root, "data": data, "student": root / "student", "teacher": root / "teacher"}

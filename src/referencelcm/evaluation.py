@@ -60,7 +60,7 @@ class TestVideo:
 
 @dataclass
 class QualityMetrics:
-    """Optional learned metrics; each runs only when given (they need local weights, see :mod:`referencelcm.metrics`)."""
+    """Optional learned metrics, each run only when given (they need local weights: :mod:`referencelcm.metrics`)."""
 
     lpips: LearnedPerceptualDistance | None = None
     fid: FrechetDistance | None = None
@@ -203,7 +203,9 @@ def evaluate_model(
             raise ValueError("either `data_dir` or `videos` must be given.")
         videos = load_test_videos(data_dir, pipe.guidance_types, num_videos, max_frames, resolution)
     metrics = metrics or QualityMetrics()
-    call_kwargs = dict(context_frames=context_frames, context_overlap=context_overlap, decode_chunk_size=decode_chunk_size)
+    call_kwargs = dict(
+        context_frames=context_frames, context_overlap=context_overlap, decode_chunk_size=decode_chunk_size
+    )
     if warmup:
         generate_video(pipe, videos[0], steps[0], guidance_scale, seed, **call_kwargs)
     rows = []
@@ -270,7 +272,9 @@ def _frechet_scores(metrics: QualityMetrics) -> dict[str, float]:
 # Outputs
 
 
-def write_side_by_side(path: str | os.PathLike, video: TestVideo, generated: torch.Tensor, fps: int = SAMPLE_FPS) -> Path:
+def write_side_by_side(
+    path: str | os.PathLike, video: TestVideo, generated: torch.Tensor, fps: int = SAMPLE_FPS
+) -> Path:
     """Write ``reference | ground truth | generated`` as an mp4 (a GIF if ffmpeg is unavailable), atomically.
 
     Returns the path written (its suffix is ``.gif`` after the fallback).
@@ -292,7 +296,9 @@ def write_side_by_side(path: str | os.PathLike, video: TestVideo, generated: tor
             warnings.warn(f"mp4 export failed ({error}); writing a GIF instead.")
             path = path.with_suffix(".gif")
             images = [Image.fromarray(frame) for frame in frames]
-            images[0].save(temporary, format="GIF", save_all=True, append_images=images[1:], duration=1000 // fps, loop=0)
+            images[0].save(
+                temporary, format="GIF", save_all=True, append_images=images[1:], duration=1000 // fps, loop=0
+            )
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
@@ -329,7 +335,8 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
             if key == "flicker" and row.get("flicker_ground_truth") is not None:
                 cell += f" ({_format_value(row['flicker_ground_truth'], key)})"
             cells.append(cell)
-        lines.append(f"| {row['method']} | {row['steps']} | {row.get('guidance_scale', 1.0):g} | " + " | ".join(cells) + " |")
+        prefix = f"| {row['method']} | {row['steps']} | {row.get('guidance_scale', 1.0):g} | "
+        lines.append(prefix + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -340,7 +347,9 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
-def write_report(rows: Sequence[dict[str, Any]], output_dir: str | os.PathLike, settings: dict[str, Any] | None = None) -> dict[str, Path]:
+def write_report(
+    rows: Sequence[dict[str, Any]], output_dir: str | os.PathLike, settings: dict[str, Any] | None = None
+) -> dict[str, Path]:
     """Write ``report.json`` (settings + rows) and ``table.md``; returns their paths."""
     output_dir = Path(output_dir)
     report = {"settings": settings or {}, "rows": list(rows)}
@@ -367,7 +376,9 @@ def write_plot(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path 
     figure, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.0), squeeze=False)
     for axis, key in zip(axes[0], keys):
         for method in methods:
-            points = sorted((row["steps"], row[key]) for row in rows if row["method"] == method and row.get(key) is not None)
+            points = sorted(
+                (row["steps"], row[key]) for row in rows if row["method"] == method and row.get(key) is not None
+            )
             if points:
                 axis.plot(*zip(*points), marker="o", label=method)
         axis.set_xscale("log", base=2)
