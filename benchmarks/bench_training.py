@@ -7,9 +7,9 @@ One step = ``ConsistencyDistillationStep.step`` (frozen encoders, one shared R-U
 target, student) + backward + AdamW + EMA update. Phase ``spatial`` uses the 2-D D-UNet on single frames, ``temporal``
 the motion D-UNet on ``--frames``-frame clips. Each phase runs in a fresh process; after ``--warmup`` untimed steps
 the median of ``--steps`` timed steps is printed. Passes are counted with forward hooks: calls and samples (batch
-rows; a 2-D UNet's rows are frames). Peak memory: CUDA ``max_memory_allocated`` on GPU; on CPU the process's peak RSS (``ru_maxrss``,
-including Python, torch and the weights) and its increase over the RSS before the first step. Random weights, speed
-only. Not part of the test suite.
+rows; a 2-D UNet's rows are frames). Peak memory: CUDA ``max_memory_allocated`` on GPU; on CPU the process's peak RSS
+(``ru_maxrss``, including Python, torch and the weights) and its increase over the RSS before the first step. Random
+weights, speed only. Not part of the test suite.
 """
 
 from __future__ import annotations
