@@ -45,6 +45,7 @@ from referencelcm.training.unets import spatial_unet_from_motion  # noqa: E402
 PHASES = ("spatial", "temporal")
 MARKER = "TRAINING_PROBE "
 LEARNING_RATE, EMA_DECAY = 1e-6, 0.95  # appendix C
+TRAINING_RESOLUTION = {"tiny": 32, "sd15": 256}
 
 
 def build_step(
@@ -176,7 +177,7 @@ def print_table(rows: dict[str, dict], args: argparse.Namespace) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=tuple(SIZES), default="tiny")
-    parser.add_argument("--resolution", type=int, default=32)
+    parser.add_argument("--resolution", type=int, default=None, help="default: 32 (tiny) / 256 (sd15)")
     parser.add_argument("--frames", type=int, default=8, help="clip length of the temporal phase")
     parser.add_argument("--batch_size", type=int, default=2, help="dataset items per step")
     parser.add_argument("--references", type=int, default=2, help="references per item (equivalent group size k)")
@@ -196,6 +197,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    args.resolution = args.resolution or TRAINING_RESOLUTION[args.size]
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     if args.probe_phase:
