@@ -21,7 +21,6 @@ import logging
 import os
 import sys
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
@@ -39,6 +38,7 @@ from referencelcm.training.checkpointing import (
     check_finite_loss,
     resolve_resume_checkpoint,
     save_checkpoint,
+    step_generator,
 )
 from referencelcm.training.consistency import DDIMSolver
 from referencelcm.training.data import MultiSourceBatchSampler, ReferenceVideoDataset, collate_reference_batch
@@ -49,9 +49,11 @@ from referencelcm.training.export import (
     LORA_WEIGHT_NAME,
     lora_state_dict,
     merge_lora,
+    push_folder_to_hub,
     run_validation,
     save_student_pipeline,
     student_pipeline,
+    validation_samples,
 )
 from referencelcm.training.unets import motion_unet_with_spatial_weights, spatial_unet_from_motion
 
@@ -157,28 +159,6 @@ def add_lora(args, student: torch.nn.Module) -> None:
                                    target_modules=list(LORA_TARGET_MODULES)))
 
 
-def validation_samples(args, teacher: ReferenceLCMPipeline) -> list[dict]:
-    """The first clip of each of the first ``num_validation_videos`` videos, centre-cropped."""
-    dataset = ReferenceVideoDataset(
-        args.train_data_dir, args.resolution, num_frames=args.validation_num_frames, num_references=1,
-        guidance_types=teacher.guidance_types, random_crop=False, clip_image_processor=teacher.feature_extractor,
-        seed=args.seed,
-    )
-    firsts = [int(np.flatnonzero(dataset.item_source_ids == source)[0]) for source in range(dataset.num_sources)]
-    samples = []
-    for index in firsts[: args.num_validation_videos]:
-        item = dataset[index]
-        guidance = {name: maps.permute(1, 0, 2, 3) for name, maps in item["guidance"].items()}  # (F, 3, H, W)
-        samples.append({"reference_image": (item["references"][0] + 1) / 2, "guidance": guidance})
-    return samples
-
-
-def step_generator(seed: int, process_index: int, micro_step: int) -> torch.Generator:
-    """Noise, timesteps and ω of micro-batch ``micro_step``: a pure function of the seed, so resuming is exact."""
-    state = np.random.SeedSequence([seed, process_index, micro_step]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state) & ((1 << 63) - 1))
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
 
@@ -251,7 +231,11 @@ def main(argv: list[str] | None = None) -> None:
     if accelerator.is_main_process:
         accelerator.init_trackers("cosec-lcd", config={k: v for k, v in vars(args).items()
                                                        if isinstance(v, (int, float, str, bool))})
-    validation = validation_samples(args, teacher) if args.validation_steps and accelerator.is_main_process else []
+    validation = []
+    if args.validation_steps and accelerator.is_main_process:
+        validation = validation_samples(args.train_data_dir, args.resolution, args.validation_num_frames,
+                                        args.num_validation_videos, teacher.guidance_types, teacher.feature_extractor,
+                                        args.seed)
 
     # 7. Training loop
     micro_step = global_step * args.gradient_accumulation_steps
@@ -315,12 +299,8 @@ def save_output(args, student: torch.nn.Module) -> None:
                           extra_files=extra_files, hub_model_id=args.hub_model_id if args.push_to_hub else None,
                           hub_token=args.hub_token)
     if args.push_to_hub:
-        from huggingface_hub import upload_folder, create_repo
-
-        repo_id = create_repo(args.hub_model_id or os.path.basename(args.output_dir), exist_ok=True,
-                              token=args.hub_token).repo_id
-        upload_folder(repo_id=repo_id, folder_path=args.output_dir, token=args.hub_token,
-                      ignore_patterns=["checkpoint-*", ".*", f"{args.logging_dir}/*", "validation/*"])
+        push_folder_to_hub(args.output_dir, args.hub_model_id, args.hub_token,
+                           ignore_patterns=("checkpoint-*", ".*", f"{args.logging_dir}/*", "validation/*"))
 
 
 if __name__ == "__main__":
