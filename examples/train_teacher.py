@@ -7,7 +7,8 @@ timesteps; sample with ~20 steps and ``guidance_scale`` 3.5) that the next stage
 
     # from scratch on SynthDance (``referencelcm synth``), with component sizes from a JSON/YAML file
     python examples/train_teacher.py --stage vae --model_config sizes.json --train_data_dir DATA --output_dir out/vae
-    python examples/train_teacher.py --stage image --pretrained_model out/vae --train_data_dir DATA --output_dir out/image
+    python examples/train_teacher.py --stage image --pretrained_model out/vae --train_data_dir DATA \\
+        --output_dir out/image
     python examples/train_teacher.py --stage video --pretrained_model out/image --train_data_dir DATA \\
         --output_dir out/teacher --num_frames 16
     # from SD1.5-style weights (Champ's starting point)
@@ -30,7 +31,6 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
@@ -44,7 +44,12 @@ from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from referencelcm import MultiGuidanceEncoder, ReferenceLCMPipeline
 from referencelcm.pipelines import factory
-from referencelcm.training.checkpointing import check_finite_loss, resolve_resume_checkpoint, save_checkpoint, step_generator
+from referencelcm.training.checkpointing import (
+    check_finite_loss,
+    resolve_resume_checkpoint,
+    save_checkpoint,
+    step_generator,
+)
 from referencelcm.training.data import MultiSourceBatchSampler, ReferenceVideoDataset, collate_reference_batch
 from referencelcm.training.export import push_folder_to_hub, run_validation, save_student_pipeline, validation_samples
 from referencelcm.training.teacher import TeacherConfig, TeacherModels, TeacherTrainingStep, set_trainable
@@ -63,6 +68,12 @@ MODEL_CONFIG_KEYS = tuple(
     name for name in inspect.signature(factory.build_components).parameters
     if name not in ("motion", "scheduler", "time_cond_proj_dim")
 )
+# Components holding trainable parameters per stage (which of their parameters: teacher.set_trainable).
+TRAINED_COMPONENTS = {
+    "vae": ("vae",),
+    "image": ("denoising_unet", "reference_unet", "guidance_encoder"),
+    "video": ("denoising_unet",),
+}
 CHAMP_GUIDANCE_WIDTHS = (16, 32, 96, 256)
 TEACHER_TAGS = ("referencelcm", "human-animation", "reference-net", "teacher")
 
@@ -165,8 +176,8 @@ def matching_guidance_encoder(guidance_types, denoising_unet, vae) -> MultiGuida
     first_width = denoising_unet.config.block_out_channels[0]
     widths = CHAMP_GUIDANCE_WIDTHS if vae_depth == len(CHAMP_GUIDANCE_WIDTHS) and first_width >= 64 else (
         (first_width,) + (2 * first_width,) * (vae_depth - 2) + (4 * first_width,))
-    return MultiGuidanceEncoder(tuple(guidance_types), block_out_channels=widths,
-                                guidance_embedding_channels=first_width, attention_num_heads=8 if first_width >= 64 else 4)
+    return MultiGuidanceEncoder(tuple(guidance_types), block_out_channels=widths, guidance_embedding_channels=first_width,
+                                attention_num_heads=8 if first_width >= 64 else 4)
 
 
 def build_pipeline(args) -> ReferenceLCMPipeline:
@@ -244,6 +255,29 @@ def inflate(pipe: ReferenceLCMPipeline, args) -> ReferenceLCMPipeline:
     return with_denoising_unet(pipe, UNetMotionModel.from_unet2d(spatial, adapter))
 
 
+def trainable_components(args, pipe: ReferenceLCMPipeline, device: torch.device, weight_dtype: torch.dtype) -> dict:
+    """Freeze what the stage does not train (:func:`set_trainable`), move every model to ``device`` (frozen ones in
+    ``weight_dtype``), turn on gradient checkpointing; returns ``{name: model}`` of the trained components."""
+    pipe.set_progress_bar_config(disable=True)
+    if args.stage == "vae":
+        for model in (pipe.image_encoder, pipe.reference_unet, pipe.denoising_unet, pipe.guidance_encoder):
+            model.requires_grad_(False)
+        pipe.vae.requires_grad_(True)
+    else:
+        set_trainable(TeacherModels(pipe.vae, pipe.image_encoder, pipe.reference_unet, pipe.denoising_unet,
+                                    pipe.guidance_encoder), args.stage)
+    trained = {name: getattr(pipe, name) for name in TRAINED_COMPONENTS[args.stage]}
+    for name, model in pipe.components.items():
+        if isinstance(model, torch.nn.Module):
+            model.to(device)
+            if name not in trained and weight_dtype != torch.float32:
+                model.to(dtype=weight_dtype)
+            model.train(name in trained)
+            if args.gradient_checkpointing and name in trained and model._supports_gradient_checkpointing:
+                model.enable_gradient_checkpointing()
+    return trained
+
+
 # -- losses and validation per stage -----------------------------------------------------------------------------------
 
 
@@ -276,7 +310,8 @@ def main(argv: list[str] | None = None) -> None:
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(args.output_dir, logging_dir=os.path.join(args.output_dir, args.logging_dir)),
+        project_config=ProjectConfiguration(args.output_dir,
+                                            logging_dir=os.path.join(args.output_dir, args.logging_dir)),
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed)
@@ -284,28 +319,9 @@ def main(argv: list[str] | None = None) -> None:
 
     # 2. Models: the starting point in the stage's form, and what trains
     pipe, motion_source = stage_pipeline(args)
-    pipe.set_progress_bar_config(disable=True)
-    models = TeacherModels(pipe.vae, pipe.image_encoder, pipe.reference_unet, pipe.denoising_unet,
-                           pipe.guidance_encoder)
-    if args.stage == "vae":
-        for model in (pipe.image_encoder, pipe.reference_unet, pipe.denoising_unet, pipe.guidance_encoder):
-            model.requires_grad_(False)
-        trained = {"vae": pipe.vae.requires_grad_(True)}
-    else:
-        set_trainable(models, args.stage)
-        names = ("denoising_unet", "reference_unet", "guidance_encoder") if args.stage == "image" else ("denoising_unet",)
-        trained = {name: getattr(pipe, name) for name in names}
-    for name, model in pipe.components.items():
-        if isinstance(model, torch.nn.Module):
-            model.to(accelerator.device)
-            if name not in trained and weight_dtype != torch.float32:
-                model.to(dtype=weight_dtype)
-            model.train(name in trained)
-    if args.gradient_checkpointing:
-        for model in trained.values():
-            if getattr(model, "_supports_gradient_checkpointing", False):
-                model.enable_gradient_checkpointing()
-    parameters = [parameter for model in trained.values() for parameter in model.parameters() if parameter.requires_grad]
+    trained = trainable_components(args, pipe, accelerator.device, weight_dtype)
+    parameters = [parameter for model in trained.values() for parameter in model.parameters()
+                  if parameter.requires_grad]
 
     # 3. Data: single frames (vae, image) or clips (video), order a pure function of (seed, epoch)
     dataset = ReferenceVideoDataset(
@@ -398,8 +414,9 @@ def validate(args, pipe: ReferenceLCMPipeline, samples: list[dict], step: int, a
     if args.stage == "vae":
         save_reconstructions(pipe.vae, samples, args.output_dir, step)
         return
-    run_validation(pipe, samples, args.output_dir, step, accelerator, num_inference_steps=args.validation_inference_steps,
-                   seed=args.seed, guidance_scale=args.validation_guidance_scale)
+    run_validation(pipe, samples, args.output_dir, step, accelerator,
+                   num_inference_steps=args.validation_inference_steps, seed=args.seed,
+                   guidance_scale=args.validation_guidance_scale)
 
 
 def save_output(

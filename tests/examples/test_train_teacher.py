@@ -1,4 +1,4 @@
-"""examples/train_teacher.py on a tiny SynthDance set: stage vae → image → video, each output a loadable DDIM teacher.
+"""examples/train_teacher.py on tiny SynthDance: stages vae → image → video, each output a loadable DDIM teacher.
 
 The VAE stage goes through ``python`` in a subprocess (the way users launch it, with a checkpoint and a validation
 image); the image and video stages call ``main(argv)`` in-process to keep the suite fast.
@@ -97,7 +97,7 @@ def image_output(workspace: Path, vae_output: Path, script) -> Path:
 def video_output(workspace: Path, image_output: Path, script) -> Path:
     script.main(base_args(workspace, "video", "video") + [
         "--pretrained_model", str(image_output), "--num_frames", "3", "--learning_rate", "1e-3",
-        "--checkpointing_steps", "100"])
+        "--checkpointing_steps", "100", "--gradient_checkpointing"])
     return workspace / "video"
 
 

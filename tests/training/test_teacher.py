@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, MotionAdapter, UNetMotionModel
+from diffusers import DDIMScheduler
 
 from referencelcm import ReferenceLCMPipeline
 from referencelcm.models.reference_attention import ReferenceBank
@@ -47,7 +47,8 @@ def make_models(motion: bool = False) -> tuple[TeacherModels, DDIMScheduler]:
     components = build_components(motion=motion, scheduler="ddim")
     randomize_guidance_encoder(components["guidance_encoder"])
     pipe = ReferenceLCMPipeline(**components)  # installs reference processors and guidance injection
-    models = TeacherModels(pipe.vae, pipe.image_encoder, pipe.reference_unet, pipe.denoising_unet, pipe.guidance_encoder)
+    models = TeacherModels(pipe.vae, pipe.image_encoder, pipe.reference_unet, pipe.denoising_unet,
+                           pipe.guidance_encoder)
     return models, pipe.scheduler
 
 
@@ -156,6 +157,27 @@ def test_unread_reference_parameters_are_exactly_those_without_gradient():
     assert without_grad == unread
     assert all(parameter.grad is not None for parameter in models.guidance_encoder.parameters())
     assert all(parameter.grad is not None for parameter in models.denoising_unet.parameters())
+
+
+def test_gradient_checkpointing_keeps_reference_gradients():
+    """The bank's tokens leave checkpointed R-UNet blocks; gradients still reach the R-UNet, unchanged."""
+    gradients = []
+    for checkpointing in (False, True):
+        models, scheduler = make_models()
+        set_trainable(models, "image")
+        if checkpointing:
+            models.reference_unet.enable_gradient_checkpointing()
+            models.denoising_unet.enable_gradient_checkpointing()
+        for model in (models.reference_unet, models.denoising_unet):
+            model.train()
+        step = TeacherTrainingStep(models, scheduler, TeacherConfig())
+        keep_all = torch.zeros(BATCH_SIZE, dtype=torch.bool)
+        step.step(make_batch(), torch.Generator().manual_seed(0), drop_mask=keep_all).loss.backward()
+        gradients.append({name: parameter.grad for name, parameter in models.reference_unet.named_parameters()
+                          if parameter.grad is not None})
+    assert gradients[0] and set(gradients[0]) == set(gradients[1])
+    for name, gradient in gradients[0].items():
+        torch.testing.assert_close(gradients[1][name], gradient)
 
 
 def test_set_trainable_image_stage_excludes_unread_and_frozen_encoders():

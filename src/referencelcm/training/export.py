@@ -161,7 +161,8 @@ def validation_samples(
     seed: int = 0,
 ) -> list[dict[str, Any]]:
     """The first clip of each of the first ``num_videos`` videos of a Champ-layout root, centre-cropped, as
-    :func:`run_validation` samples: ``reference_image`` ``(3, H, W)`` in [0, 1], ``guidance`` ``{type: (F, 3, H, W)}``."""
+    :func:`run_validation` samples: ``reference_image`` ``(3, H, W)`` in [0, 1], ``guidance``
+    ``{type: (F, 3, H, W)}``."""
     from .data import ReferenceVideoDataset
 
     dataset = ReferenceVideoDataset(

@@ -271,12 +271,15 @@ class TeacherTrainingStep:
         image_embeds = image_encoder(clip_pixels).image_embeds.unsqueeze(1)
         return latents, image_embeds
 
-    def encode_reference(self, batch: Mapping[str, Any], image_embeds: torch.Tensor, device: torch.device) -> ReferenceBank:
+    def encode_reference(
+        self, batch: Mapping[str, Any], image_embeds: torch.Tensor, device: torch.device
+    ) -> ReferenceBank:
         """One R-UNet pass at t = 0 on the first reference of every item → a bank of batch ``B`` (with grads when
         the R-UNet trains)."""
         reference_unet = self.models.reference_unet
         with torch.no_grad():
-            reference_latents = _encode_latents(self.models.vae, batch["references"][:, 0].to(device, self.models.vae.dtype))
+            references = batch["references"][:, 0].to(device, self.models.vae.dtype)
+            reference_latents = _encode_latents(self.models.vae, references)
         bank = ReferenceBank()
         with torch.set_grad_enabled(torch.is_grad_enabled() and _has_trainable(reference_unet)):
             reference_unet(

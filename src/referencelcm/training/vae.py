@@ -46,7 +46,8 @@ def vae_loss(
 @torch.no_grad()
 def latent_scaling_factor(vae: nn.Module, pixel_batches: Iterable[torch.Tensor], eps: float = 1e-6) -> float:
     """``1 / std`` of the posterior means over ``pixel_batches`` (each ``(B, 3, H, W)`` in [-1, 1])."""
-    latents = [vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mode().float().flatten() for pixels in pixel_batches]
+    latents = [vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mode().float().flatten()
+               for pixels in pixel_batches]
     if not latents:
         raise ValueError("`pixel_batches` is empty: need at least one batch of images to measure the latent scale.")
     return float(1.0 / (torch.cat(latents).std() + eps))
