@@ -26,7 +26,7 @@ setup(
     ],
     extras_require={
         "xformers": ["xformers"],
-        "test": ["pytest>=7", "pytest-xdist", "pyyaml"],
+        "test": ["pytest>=7", "pytest-xdist", "pyyaml", "matplotlib"],
         "plot": ["matplotlib"],
         "tracking": ["tensorboard"],
     },
