@@ -159,6 +159,28 @@ def add_lora(args, student: torch.nn.Module) -> None:
                                    target_modules=list(LORA_TARGET_MODULES)))
 
 
+def make_dataloader(args, teacher: ReferenceLCMPipeline):
+    """``(dataset, batch sampler, dataloader)``: k intra-source references per item, several videos per batch."""
+    dataset = ReferenceVideoDataset(
+        args.train_data_dir, args.resolution, num_frames=args.num_frames, frame_stride=args.frame_stride,
+        num_references=args.num_equivalent_references, guidance_types=teacher.guidance_types,
+        clip_image_processor=teacher.feature_extractor, seed=args.seed,
+    )
+    sampler = MultiSourceBatchSampler(dataset, args.train_batch_size, seed=args.seed, drop_last=True)
+    dataloader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_reference_batch,
+                                             num_workers=args.dataloader_num_workers)
+    return dataset, sampler, dataloader
+
+
+def make_optimizer(args, parameters: list[torch.nn.Parameter], num_processes: int):
+    """AdamW and the LR schedule (accelerate steps a prepared scheduler once per process, hence the factor)."""
+    optimizer = torch.optim.AdamW(parameters, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
+    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * num_processes,
+                                 num_training_steps=args.max_train_steps * num_processes)
+    return optimizer, lr_scheduler
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
 
@@ -190,21 +212,11 @@ def main(argv: list[str] | None = None) -> None:
         student.enable_gradient_checkpointing()
 
     # 3. Data: RAS references per item, multi-source batches, order a pure function of (seed, epoch)
-    dataset = ReferenceVideoDataset(
-        args.train_data_dir, args.resolution, num_frames=args.num_frames, frame_stride=args.frame_stride,
-        num_references=args.num_equivalent_references, guidance_types=teacher.guidance_types,
-        clip_image_processor=teacher.feature_extractor, seed=args.seed,
-    )
-    sampler = MultiSourceBatchSampler(dataset, args.train_batch_size, seed=args.seed, drop_last=True)
-    dataloader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_reference_batch,
-                                             num_workers=args.dataloader_num_workers)
+    dataset, sampler, dataloader = make_dataloader(args, teacher)
 
-    # 4. Optimiser, LR schedule, accelerate
+    # 4. Optimiser, LR schedule, accelerate; the EMA target is saved with every checkpoint
     parameters = [parameter for parameter in student.parameters() if parameter.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
-    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps,
-                                 num_training_steps=args.max_train_steps)
+    optimizer, lr_scheduler = make_optimizer(args, parameters, accelerator.num_processes)
     student, optimizer, lr_scheduler, dataloader = accelerator.prepare(student, optimizer, lr_scheduler, dataloader)
     hooks = ModuleCheckpointHooks({"ema_target_unet": target})
     accelerator.register_save_state_pre_hook(hooks.save)
