@@ -63,11 +63,10 @@ STAGE_DEFAULTS = {
     "image": dict(learning_rate=1e-5, max_train_steps=30000, num_frames=1),
     "video": dict(learning_rate=1e-5, max_train_steps=10000, num_frames=16),
 }
-# --model_config keys: build_components' size settings (motion, scheduler and time_cond_proj_dim are the stages' call).
-MODEL_CONFIG_KEYS = tuple(
-    name for name in inspect.signature(factory.build_components).parameters
-    if name not in ("motion", "scheduler", "time_cond_proj_dim")
-)
+# --model_config keys: build_components' arguments. The stage decides these three (2-D or motion D-UNet, DDIM, no
+# guidance-scale embedding for a teacher); a config may name them, they are then overruled with a warning.
+STAGE_DECIDED_KEYS = ("motion", "scheduler", "time_cond_proj_dim")
+MODEL_CONFIG_KEYS = tuple(inspect.signature(factory.build_components).parameters)
 # Components holding trainable parameters per stage (which of their parameters: teacher.set_trainable).
 TRAINED_COMPONENTS = {
     "vae": ("vae",),
@@ -82,7 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--stage", choices=STAGES, required=True)
-    add("--model_config", default=None, help="JSON/YAML of component sizes (build_components' arguments).")
+    add("--model_config", default=None, help="JSON/YAML of component sizes (build_components' arguments); with "
+        "--pretrained_model only its motion_* keys apply (a new motion adapter).")
     add("--pretrained_model", default=None, help="Pipeline folder or Hub id to start from (previous stage).")
     add("--pretrained_unet_path", default=None, help="SD1.5-style folder (or its unet/) for both UNets.")
     add("--pretrained_vae_path", default=None, help="AutoencoderKL folder (or a folder with vae/).")
@@ -91,7 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--train_data_dir", required=True, help="Champ-layout root (e.g. `referencelcm synth`).")
     add("--output_dir", default="teacher-output")
     add("--resolution", type=int, default=512)
-    add("--num_frames", type=int, default=None, help="Frames per clip in stage video (default 16).")
+    add("--num_frames", type=int, default=None, help="Frames per item: default 1 (vae, image; frames train "
+        "independently), 16 (video).")
     add("--frame_stride", type=int, default=1)
     add("--uncond_ratio", type=float, default=0.1, help="Per-sample dropout of image embeds and reference.")
     add("--snr_gamma", type=float, default=5.0, help="Min-SNR-γ; 0 turns the weighting off.")
@@ -128,10 +129,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, name, value)
     if args.stage == "video" and args.num_frames < 2:
         parser.error(f"--stage video needs --num_frames >= 2, got {args.num_frames}.")
-    if args.stage != "video" and args.num_frames != 1:
-        parser.error(f"--num_frames is for --stage video; stage {args.stage} trains on single frames.")
-    if args.model_config is not None and args.pretrained_model is not None:
-        parser.error("--model_config builds new components; --pretrained_model loads them. Give one of the two.")
     if args.motion_adapter_path is not None and args.stage != "video":
         parser.error("--motion_adapter_path is for --stage video.")
     return args
@@ -157,7 +154,10 @@ def load_model_config(path: str | os.PathLike) -> dict:
     unknown = sorted(set(sizes) - set(MODEL_CONFIG_KEYS))
     if unknown:
         raise ValueError(f"`--model_config` has unknown keys {unknown}; known: {list(MODEL_CONFIG_KEYS)}.")
-    return sizes
+    overruled = sorted(set(sizes) & set(STAGE_DECIDED_KEYS))
+    if overruled:
+        logger.warning(f"--model_config: {overruled} are decided by --stage (2-D or motion D-UNet, DDIM); ignored.")
+    return {key: value for key, value in sizes.items() if key not in STAGE_DECIDED_KEYS}
 
 
 def load_component(cls, path: str, subfolder: str, argument: str):
@@ -186,6 +186,11 @@ def build_pipeline(args) -> ReferenceLCMPipeline:
     if args.pretrained_model is not None:
         pipe = ReferenceLCMPipeline.from_pretrained(args.pretrained_model)
         components, motion_norm_mode = dict(pipe.components), pipe.config.motion_norm_mode
+        unused = [key for key in (load_model_config(args.model_config) if args.model_config else {})
+                  if not key.startswith("motion_")]
+        if unused:
+            logger.warning(f"--pretrained_model gives the components; --model_config keys {unused} are not used "
+                           "(only motion_* keys apply, to a new motion adapter in stage video).")
     else:
         sizes = load_model_config(args.model_config) if args.model_config else {}
         sizes.setdefault("seed", args.seed)
