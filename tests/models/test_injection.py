@@ -75,3 +75,25 @@ def test_motion_norm_mode_switches_and_keeps_weights():
     assert all(torch.equal(value, keys[key]) for key, value in unet.state_dict().items())
     with pytest.raises(ValueError, match="motion_norm_mode"):
         set_motion_norm_mode(unet, "batch")
+
+
+def test_wrapped_unets_are_seen_through():
+    from referencelcm.models.injection import is_motion_unet, unwrap_unet
+
+    unet = build_components(motion=True)["denoising_unet"]
+
+    class Wrapper(nn.Module):  # what DDP and torch.compile put around a model
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, *args, **kwargs):
+            return self.module(*args, **kwargs)
+
+    wrapped = Wrapper(unet)
+    assert unwrap_unet(wrapped) is unet and is_motion_unet(wrapped)
+    latents = torch.randn(1, 4, 2, 4, 4)
+    with torch.no_grad():
+        direct = run_denoising_unet(unet, latents, torch.tensor(3), torch.zeros(1, 1, 16), None)
+        through = run_denoising_unet(wrapped, latents, torch.tensor(3), torch.zeros(1, 1, 16), None)
+    assert torch.equal(direct, through)

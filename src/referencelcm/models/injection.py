@@ -55,9 +55,16 @@ def install_guidance_injection(unet: nn.Module) -> None:
     unet.conv_in = guided
 
 
+def unwrap_unet(unet: nn.Module) -> nn.Module:
+    """The UNet inside DDP / ``torch.compile`` wrappers (``.module`` / ``._orig_mod``), or ``unet`` itself."""
+    while isinstance(getattr(unet, "module", None), nn.Module) or isinstance(getattr(unet, "_orig_mod", None), nn.Module):
+        unet = getattr(unet, "module", None) or unet._orig_mod
+    return unet
+
+
 def is_motion_unet(unet: nn.Module) -> bool:
-    """Whether ``unet`` models time (``UNetMotionModel``) rather than single frames."""
-    return isinstance(unet, UNetMotionModel)
+    """Whether ``unet`` (possibly wrapped) models time (``UNetMotionModel``) rather than single frames."""
+    return isinstance(unwrap_unet(unet), UNetMotionModel)
 
 
 def run_denoising_unet(
@@ -85,9 +92,10 @@ def run_denoising_unet(
         A 2-D UNet treats frames independently: they are folded into the batch.
     """
     sample = latents if guidance_features is None else torch.cat([latents, guidance_features.to(latents)], dim=1)
-    sample = sample.to(unet.dtype)
-    image_embeds = image_embeds.to(unet.dtype)
-    timestep_cond = None if timestep_cond is None else timestep_cond.to(unet.dtype)
+    dtype = unwrap_unet(unet).dtype
+    sample = sample.to(dtype)
+    image_embeds = image_embeds.to(dtype)
+    timestep_cond = None if timestep_cond is None else timestep_cond.to(dtype)
     kwargs = {"cross_attention_kwargs": {"reference_bank": reference_bank}, "return_dict": False}
     if sample.ndim == 4:
         return unet(sample, timesteps, encoder_hidden_states=image_embeds, timestep_cond=timestep_cond, **kwargs)[0]
