@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel, UNetMotionModel
 from diffusers.optimization import get_scheduler
 from einops import rearrange
@@ -52,9 +52,15 @@ from referencelcm.training.checkpointing import (
 )
 from referencelcm.training.data import MultiSourceBatchSampler, ReferenceVideoDataset, collate_reference_batch
 from referencelcm.training.export import push_folder_to_hub, run_validation, save_student_pipeline, validation_samples
-from referencelcm.training.teacher import TeacherConfig, TeacherModels, TeacherTrainingStep, set_trainable
+from referencelcm.training.teacher import (
+    ReferenceNet,
+    TeacherConfig,
+    TeacherModels,
+    TeacherTrainingStep,
+    set_trainable,
+)
 from referencelcm.training.unets import motion_unet_with_spatial_weights, spatial_unet_from_motion
-from referencelcm.training.vae import latent_scaling_factor, vae_loss
+from referencelcm.training.vae import VAEReconstruction, latent_scaling_factor, vae_loss
 
 logger = get_logger(__name__)
 STAGES = ("vae", "image", "video")
@@ -67,7 +73,7 @@ STAGE_DEFAULTS = {
 # guidance-scale embedding for a teacher); a config may name them, they are then overruled with a warning.
 STAGE_DECIDED_KEYS = ("motion", "scheduler", "time_cond_proj_dim")
 MODEL_CONFIG_KEYS = tuple(inspect.signature(factory.build_components).parameters)
-# Components holding trainable parameters per stage (which of their parameters: teacher.set_trainable).
+# Components holding trained parameters per stage (which of their parameters: teacher.set_trainable).
 TRAINED_COMPONENTS = {
     "vae": ("vae",),
     "image": ("denoising_unet", "reference_unet", "guidance_encoder"),
@@ -176,7 +182,8 @@ def matching_guidance_encoder(guidance_types, denoising_unet, vae) -> MultiGuida
     first_width = denoising_unet.config.block_out_channels[0]
     widths = CHAMP_GUIDANCE_WIDTHS if vae_depth == len(CHAMP_GUIDANCE_WIDTHS) and first_width >= 64 else (
         (first_width,) + (2 * first_width,) * (vae_depth - 2) + (4 * first_width,))
-    return MultiGuidanceEncoder(tuple(guidance_types), block_out_channels=widths, guidance_embedding_channels=first_width,
+    return MultiGuidanceEncoder(tuple(guidance_types), block_out_channels=widths,
+                                guidance_embedding_channels=first_width,
                                 attention_num_heads=8 if first_width >= 64 else 4)
 
 
@@ -260,18 +267,20 @@ def inflate(pipe: ReferenceLCMPipeline, args) -> ReferenceLCMPipeline:
     return with_denoising_unet(pipe, UNetMotionModel.from_unet2d(spatial, adapter))
 
 
-def trainable_components(args, pipe: ReferenceLCMPipeline, device: torch.device, weight_dtype: torch.dtype) -> dict:
+def trainable_network(args, pipe: ReferenceLCMPipeline, device: torch.device, weight_dtype: torch.dtype):
     """Freeze what the stage does not train (:func:`set_trainable`), move every model to ``device`` (frozen ones in
-    ``weight_dtype``), turn on gradient checkpointing; returns ``{name: model}`` of the trained components."""
+    ``weight_dtype``), turn on gradient checkpointing; returns the one module whose ``forward`` uses every trained
+    parameter (:class:`VAEReconstruction` or :class:`ReferenceNet`), for ``accelerator.prepare``."""
     pipe.set_progress_bar_config(disable=True)
+    models = TeacherModels(pipe.vae, pipe.image_encoder, pipe.reference_unet, pipe.denoising_unet,
+                           pipe.guidance_encoder)
     if args.stage == "vae":
         for model in (pipe.image_encoder, pipe.reference_unet, pipe.denoising_unet, pipe.guidance_encoder):
             model.requires_grad_(False)
         pipe.vae.requires_grad_(True)
     else:
-        set_trainable(TeacherModels(pipe.vae, pipe.image_encoder, pipe.reference_unet, pipe.denoising_unet,
-                                    pipe.guidance_encoder), args.stage)
-    trained = {name: getattr(pipe, name) for name in TRAINED_COMPONENTS[args.stage]}
+        set_trainable(models, args.stage)
+    trained = TRAINED_COMPONENTS[args.stage]
     for name, model in pipe.components.items():
         if isinstance(model, torch.nn.Module):
             model.to(device)
@@ -280,16 +289,18 @@ def trainable_components(args, pipe: ReferenceLCMPipeline, device: torch.device,
             model.train(name in trained)
             if args.gradient_checkpointing and name in trained and model._supports_gradient_checkpointing:
                 model.enable_gradient_checkpointing()
-    return trained
+    if args.stage == "vae":
+        return VAEReconstruction(pipe.vae)
+    return ReferenceNet(pipe.reference_unet, pipe.denoising_unet, pipe.guidance_encoder)
 
 
 # -- losses and validation per stage -----------------------------------------------------------------------------------
 
 
-def vae_stage_loss(vae, kl_weight: float):
+def vae_stage_loss(vae, network, kl_weight: float):
     def compute(batch, generator):
         pixels = rearrange(batch["target"], "b c f h w -> (b f) c h w").to(vae.device)
-        return vae_loss(vae, pixels, kl_weight, generator)
+        return vae_loss(vae, pixels, kl_weight, generator, reconstruction_model=network)
     return compute
 
 
@@ -314,6 +325,8 @@ def main(argv: list[str] | None = None) -> None:
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
+        # stage image: a batch whose samples all drop the reference leaves the R-UNet without gradients
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=args.stage == "image")],
         log_with=None if args.report_to == "none" else args.report_to,
         project_config=ProjectConfiguration(args.output_dir,
                                             logging_dir=os.path.join(args.output_dir, args.logging_dir)),
@@ -324,9 +337,8 @@ def main(argv: list[str] | None = None) -> None:
 
     # 2. Models: the starting point in the stage's form, and what trains
     pipe, motion_source = stage_pipeline(args)
-    trained = trainable_components(args, pipe, accelerator.device, weight_dtype)
-    parameters = [parameter for model in trained.values() for parameter in model.parameters()
-                  if parameter.requires_grad]
+    network = trainable_network(args, pipe, accelerator.device, weight_dtype)
+    parameters = [parameter for parameter in network.parameters() if parameter.requires_grad]
 
     # 3. Data: single frames (vae, image) or clips (video), order a pure function of (seed, epoch)
     dataset = ReferenceVideoDataset(
@@ -344,20 +356,17 @@ def main(argv: list[str] | None = None) -> None:
     optimizer = torch.optim.AdamW(parameters, lr=args.learning_rate, weight_decay=args.adam_weight_decay)
     lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps,
                                  num_training_steps=args.max_train_steps)
-    prepared = accelerator.prepare(*trained.values(), optimizer, lr_scheduler, dataloader)
-    trained = dict(zip(trained, prepared[: len(trained)]))
-    optimizer, lr_scheduler, dataloader = prepared[len(trained):]
+    network, optimizer, lr_scheduler, dataloader = accelerator.prepare(network, optimizer, lr_scheduler, dataloader)
 
     # 5. The step: VAE reconstruction, or the teacher's min-SNR v-prediction loss
     if args.stage == "vae":
-        compute_loss = vae_stage_loss(trained["vae"], args.kl_weight)
+        compute_loss = vae_stage_loss(pipe.vae, network, args.kl_weight)
     else:
         config = TeacherConfig(uncond_ratio=args.uncond_ratio, snr_gamma=args.snr_gamma or None,
                                noise_offset=args.noise_offset)
-        teacher_step = TeacherTrainingStep(TeacherModels(pipe.vae, pipe.image_encoder, **{
-            name: trained.get(name, getattr(pipe, name))
-            for name in ("reference_unet", "denoising_unet", "guidance_encoder")}), pipe.scheduler, config)
-        compute_loss = teacher_step.step
+        models = TeacherModels(pipe.vae, pipe.image_encoder, pipe.reference_unet, pipe.denoising_unet,
+                               pipe.guidance_encoder)
+        compute_loss = TeacherTrainingStep(models, pipe.scheduler, config, network).step
 
     # 6. Resume, trackers, validation samples
     global_step = 0
@@ -384,7 +393,7 @@ def main(argv: list[str] | None = None) -> None:
         dataset.set_epoch(epoch)
         sampler.set_epoch(epoch)
         for batch in accelerator.skip_first_batches(dataloader, skip) if skip else dataloader:
-            with accelerator.accumulate(*trained.values()), accelerator.autocast():
+            with accelerator.accumulate(network), accelerator.autocast():
                 output = compute_loss(batch, step_generator(args.seed, accelerator.process_index, micro_step))
                 check_finite_loss(output.loss.detach(), global_step + 1, output.terms)
                 accelerator.backward(output.loss)

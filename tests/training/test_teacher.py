@@ -247,6 +247,8 @@ def test_vae_loss_trains_and_scaling_factor_normalises_latents():
     assert output.reconstruction.shape == pixels.shape
     assert set(output.terms) == {"loss", "l1", "mse", "kl"}
     assert all(parameter.grad is not None for parameter in vae.encoder.parameters())
+    posterior = vae.encode(pixels).latent_dist
+    assert output.terms["kl"] == pytest.approx(posterior.kl().mean().item(), rel=1e-5)
     factor = latent_scaling_factor(vae.eval(), [pixels])
     latents = vae.encode(pixels).latent_dist.mode() * factor
     assert abs(latents.std().item() - 1.0) < 1e-3

@@ -242,6 +242,48 @@ class TeacherOutput:
     drop_mask: torch.Tensor
 
 
+class ReferenceNet(nn.Module):
+    """The trainable networks of a teacher in one ``forward``: R-UNet → bank, guidance encoder, D-UNet.
+
+    One module, so one ``DistributedDataParallel`` wrapper sees every trained parameter used by the one output it
+    returns (the bank's tokens travel from R-UNet to D-UNet inside ``forward``). Submodules keep their pipeline names,
+    so its state dict is the three components' with prefixes. The models need reference processors and guidance
+    injection installed (``ReferenceLCMPipeline`` does both).
+    """
+
+    def __init__(self, reference_unet: nn.Module, denoising_unet: nn.Module, guidance_encoder: nn.Module):
+        super().__init__()
+        self.reference_unet = reference_unet
+        self.denoising_unet = denoising_unet
+        self.guidance_encoder = guidance_encoder
+
+    def forward(
+        self,
+        noisy_latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        reference_latents: torch.Tensor,
+        image_embeds: torch.Tensor,
+        guidance: Mapping[str, torch.Tensor],
+        drop_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """D-UNet output ``(B, C, F, h, w)`` for ``x_t`` ``(B, C, F, h, w)``, reference latents ``(B, C, h, w)``,
+        CLIP ``image_embeds`` ``(B, 1, D)``, guidance ``{type: (B, 3, F, H, W)}`` and the ``(B,)`` dropout mask."""
+        reference_unet = self.reference_unet
+        bank = ReferenceBank()
+        with torch.set_grad_enabled(torch.is_grad_enabled() and _has_trainable(reference_unet)):
+            reference_unet(  # t = 0 on the clean reference; its output sample is unused
+                reference_latents.to(reference_unet.dtype),
+                torch.zeros(reference_latents.shape[0], device=reference_latents.device, dtype=torch.long),
+                encoder_hidden_states=image_embeds.to(reference_unet.dtype),
+                cross_attention_kwargs={"reference_bank": bank},
+                return_dict=False,
+            )
+        image_embeds, bank = drop_conditions(image_embeds, bank, drop_mask)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and _has_trainable(self.guidance_encoder)):
+            guidance_features = self.guidance_encoder(guidance)
+        return run_denoising_unet(self.denoising_unet, noisy_latents, timesteps, image_embeds, bank, guidance_features)
+
+
 class TeacherTrainingStep:
     """Computes the teacher loss of one batch; the caller owns backward and the optimiser.
 
@@ -250,52 +292,40 @@ class TeacherTrainingStep:
             ``ReferenceLCMPipeline`` does both; see ``train_teacher.py``).
         noise_scheduler: the teacher's scheduler (its ``alphas_cumprod``, ``prediction_type``, ``add_noise``).
         config: :class:`TeacherConfig`.
+        network: the :class:`ReferenceNet` of ``models`` to call, e.g. as wrapped by ``accelerator.prepare``;
+            default: a new one.
 
     ``step(batch, generator, drop_mask=None)`` takes a ``collate_reference_batch`` batch with one reference per item
     (``references`` ``(B, 1, 3, H, W)``; the first is used when there are more) and a ``torch.Generator`` for noise,
     timesteps and dropout; ``drop_mask`` ``(B,)`` bool overrides the random dropout (tests).
     """
 
-    def __init__(self, models: TeacherModels, noise_scheduler: SchedulerMixin, config: TeacherConfig):
+    def __init__(
+        self,
+        models: TeacherModels,
+        noise_scheduler: SchedulerMixin,
+        config: TeacherConfig,
+        network: nn.Module | None = None,
+    ):
         self.models, self.noise_scheduler, self.config = models, noise_scheduler, config
+        self.network = network if network is not None else ReferenceNet(
+            models.reference_unet, models.denoising_unet, models.guidance_encoder)
         self.num_train_timesteps = noise_scheduler.config.num_train_timesteps
 
     @torch.no_grad()
-    def encode_targets(self, batch: Mapping[str, Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frozen encoders: target latents ``x_0`` ``(B, C, F, h, w)`` and CLIP ``image_embeds`` ``(B, 1, D)``."""
+    def encode_batch(
+        self, batch: Mapping[str, Any], device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Frozen encoders: target latents ``x_0`` ``(B, C, F, h, w)``, reference latents ``(B, C, h, w)`` and CLIP
+        ``image_embeds`` ``(B, 1, D)`` of the first reference of every item."""
         vae, image_encoder = self.models.vae, self.models.image_encoder
         target = batch["target"].to(device)
         frames = rearrange(target, "b c f h w -> (b f) c h w").to(vae.dtype)
         latents = rearrange(_encode_latents(vae, frames).float(), "(b f) c h w -> b c f h w", b=target.shape[0])
+        reference_latents = _encode_latents(vae, batch["references"][:, 0].to(device, vae.dtype))
         clip_pixels = batch["reference_clip_pixels"][:, 0].to(device, image_encoder.dtype)
         image_embeds = image_encoder(clip_pixels).image_embeds.unsqueeze(1)
-        return latents, image_embeds
-
-    def encode_reference(
-        self, batch: Mapping[str, Any], image_embeds: torch.Tensor, device: torch.device
-    ) -> ReferenceBank:
-        """One R-UNet pass at t = 0 on the first reference of every item → a bank of batch ``B`` (with grads when
-        the R-UNet trains)."""
-        reference_unet = self.models.reference_unet
-        with torch.no_grad():
-            references = batch["references"][:, 0].to(device, self.models.vae.dtype)
-            reference_latents = _encode_latents(self.models.vae, references)
-        bank = ReferenceBank()
-        with torch.set_grad_enabled(torch.is_grad_enabled() and _has_trainable(reference_unet)):
-            reference_unet(
-                reference_latents.to(reference_unet.dtype),
-                torch.zeros(reference_latents.shape[0], device=device, dtype=torch.long),
-                encoder_hidden_states=image_embeds.to(reference_unet.dtype),
-                cross_attention_kwargs={"reference_bank": bank},
-                return_dict=False,
-            )
-        return bank
-
-    def encode_guidance(self, batch: Mapping[str, Any], device: torch.device) -> torch.Tensor:
-        """Guidance features ``(B, C_0, F, h, w)`` (with grads when the guidance encoder trains)."""
-        guidance_encoder = self.models.guidance_encoder
-        with torch.set_grad_enabled(torch.is_grad_enabled() and _has_trainable(guidance_encoder)):
-            return guidance_encoder({name: maps.to(device) for name, maps in batch["guidance"].items()})
+        return latents, reference_latents, image_embeds
 
     def step(
         self,
@@ -306,7 +336,7 @@ class TeacherTrainingStep:
         """The min-SNR-weighted denoising loss of one batch."""
         config, scheduler = self.config, self.noise_scheduler
         device = self.models.denoising_unet.device
-        latents, image_embeds = self.encode_targets(batch, device)
+        latents, reference_latents, image_embeds = self.encode_batch(batch, device)
         batch_size = latents.shape[0]
         generator_device = generator.device if generator is not None else device
 
@@ -317,18 +347,14 @@ class TeacherTrainingStep:
         ).to(device)
         noisy_latents = scheduler.add_noise(latents, noise, timesteps)
 
-        # 3. conditions, with per-sample dropout of image embeddings and reference
+        # 3. per-sample dropout of image embeddings and reference (inside the network)
         if drop_mask is None:
             drop_mask = sample_drop_mask(batch_size, config.uncond_ratio, generator, device)
         drop_mask = drop_mask.to(device=device, dtype=torch.bool)
-        bank = self.encode_reference(batch, image_embeds, device)
-        image_embeds, bank = drop_conditions(image_embeds, bank, drop_mask)
-        guidance_features = self.encode_guidance(batch, device)
+        guidance = {name: maps.to(device) for name, maps in batch["guidance"].items()}
 
         # 4. prediction, target, weighted loss
-        output = run_denoising_unet(
-            self.models.denoising_unet, noisy_latents, timesteps, image_embeds, bank, guidance_features
-        ).float()
+        output = self.network(noisy_latents, timesteps, reference_latents, image_embeds, guidance, drop_mask).float()
         target = training_target(scheduler, latents, noise, timesteps)
         per_sample = (output - target).pow(2).flatten(1).mean(1)
         weights = torch.ones_like(per_sample)
