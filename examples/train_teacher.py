@@ -60,6 +60,7 @@ from referencelcm.training.teacher import (
     set_trainable,
 )
 from referencelcm.training.unets import motion_unet_with_spatial_weights, spatial_unet_from_motion
+from referencelcm.training.tracking import trackers
 from referencelcm.training.vae import VAEReconstruction, latent_scaling_factor, vae_loss
 
 logger = get_logger(__name__)
@@ -123,7 +124,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--validation_num_frames", type=int, default=4)
     add("--validation_inference_steps", type=int, default=20)
     add("--validation_guidance_scale", type=float, default=3.5)
-    add("--report_to", default="tensorboard")
+    add("--report_to", default="tensorboard", help="Trackers, comma-separated, or 'none'; logs/metrics.jsonl "
+        "is always written.")
     add("--logging_dir", default="logs")
     add("--seed", type=int, default=0)
     add("--push_to_hub", action="store_true")
@@ -322,14 +324,14 @@ def main(argv: list[str] | None = None) -> None:
 
     # 1. Accelerator, logging, seed
     os.makedirs(args.output_dir, exist_ok=True)
+    logging_dir = os.path.join(args.output_dir, args.logging_dir)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         # stage image: a batch whose samples all drop the reference leaves the R-UNet without gradients
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=args.stage == "image")],
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(args.output_dir,
-                                            logging_dir=os.path.join(args.output_dir, args.logging_dir)),
+        log_with=trackers(args.report_to, logging_dir, f"referencelcm-teacher-{args.stage}"),
+        project_config=ProjectConfiguration(args.output_dir, logging_dir=logging_dir),
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed)

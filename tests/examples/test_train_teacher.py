@@ -24,6 +24,7 @@ from referencelcm.models.injection import run_denoising_unet
 from referencelcm.pipelines import factory
 from referencelcm.pipelines.factory import TEACHER_SCHEDULER_CONFIG
 from referencelcm.training.teacher import unread_reference_parameters
+from referencelcm.training.tracking import read_metrics
 from referencelcm.training.unets import is_motion_key
 
 from ..conftest import build_components
@@ -118,6 +119,7 @@ def test_image_stage_trains_read_layers_only(vae_output: Path, image_output: Pat
     assert isinstance(pipe.denoising_unet, UNet2DConditionModel)
     assert frames.shape == (3, 3, 32, 32) and bool(torch.isfinite(frames).all())
     assert (image_output / "validation" / "step-2" / "sample-0.gif").is_file()
+    assert [record["step"] for record in read_metrics(image_output / "logs")] == [1, 2, 3]
     unread = set(unread_reference_parameters(pipe.reference_unet))
     old, new = state(before.reference_unet), state(pipe.reference_unet)
     assert all(torch.equal(old[name], new[name]) for name in unread)
