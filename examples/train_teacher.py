@@ -59,8 +59,8 @@ from referencelcm.training.teacher import (
     TeacherTrainingStep,
     set_trainable,
 )
-from referencelcm.training.unets import motion_unet_with_spatial_weights, spatial_unet_from_motion
 from referencelcm.training.tracking import trackers
+from referencelcm.training.unets import motion_unet_with_spatial_weights, spatial_unet_from_motion
 from referencelcm.training.vae import VAEReconstruction, latent_scaling_factor, vae_loss
 
 logger = get_logger(__name__)
@@ -229,6 +229,13 @@ def build_pipeline(args) -> ReferenceLCMPipeline:
     ):
         components["guidance_encoder"] = matching_guidance_encoder(
             guidance_encoder.config.guidance_types, components["denoising_unet"], components["vae"])
+    embedding_dim = components["image_encoder"].config.projection_dim
+    if embedding_dim != components["denoising_unet"].config.cross_attention_dim:
+        raise ValueError(
+            f"The image encoder's projection_dim ({embedding_dim}) must equal the UNets' cross_attention_dim "
+            f"({components['denoising_unet'].config.cross_attention_dim}); give a matching --image_encoder_path "
+            "(e.g. SD image variations' image_encoder for SD1.5 UNets)."
+        )
     components["scheduler"] = DDIMScheduler.from_config(components["scheduler"].config)
     if args.pretrained_model is None and args.pretrained_vae_path is None and args.stage != "vae":
         logger.warning("No trained VAE given (--pretrained_vae_path or a --pretrained_model folder): the teacher "

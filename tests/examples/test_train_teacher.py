@@ -209,6 +209,10 @@ def test_sd15_style_folders_replace_components(workspace: Path, script, tmp_path
     assert tuple(pipe.reference_unet.config.block_out_channels) == (16, 32)
     assert pipe.guidance_encoder.config.guidance_embedding_channels == 16  # rebuilt to match
     assert isinstance(pipe.scheduler, DDIMScheduler)
+    UNet2DConditionModel(**factory.unet_2d_config(8, cross_attention_dim=32)).save_pretrained(tmp_path / "unet-32")
+    with pytest.raises(ValueError, match="--image_encoder_path"):
+        script.build_pipeline(script.parse_args(base_args(workspace, "image", "unused") + [
+            "--pretrained_unet_path", str(tmp_path / "unet-32")]))
     with pytest.raises(FileNotFoundError, match="--pretrained_vae_path"):
         script.build_pipeline(script.parse_args(base_args(workspace, "image", "unused") + [
             "--pretrained_vae_path", str(tmp_path / "clip")]))
