@@ -14,7 +14,7 @@ Objective for a batch of ``B`` items (``x_0`` the VAE latents of the target fram
    embeddings and no reference tokens; the pose guidance stays (the unconditional branch of CFG at inference).
 4. Target per the scheduler's ``prediction_type``; for v-prediction ``v = sqrt(ᾱ_t)·ε − sqrt(1 − ᾱ_t)·x_0``
    (``scheduler.get_velocity``). Loss = mean over samples of ``w(t) · ‖output − target‖²`` with the min-SNR-γ weight
-   ``w`` (:func:`min_snr_weights`; Hang et al. 2023, Eq. 10 and its v-prediction form).
+   ``w`` (:func:`min_snr_weights`; Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting").
 """
 
 from __future__ import annotations
