@@ -67,6 +67,7 @@ def build_components(
     motion_layers_per_block: int | None = None,
     motion_num_attention_heads: int = 2,
     motion_max_seq_length: int = 32,
+    guidance_block_out_channels: Sequence[int] | None = None,
 ) -> dict:
     """Every :class:`ReferenceLCMPipeline` component, freshly initialised from ``seed`` (defaults: tiny, CPU-fast).
 
@@ -74,7 +75,8 @@ def build_components(
     returned in eval mode, as ``from_pretrained`` returns them. ``scheduler`` is ``"lcm"`` (student) or ``"ddim"``
     (teacher), both on the teacher schedule :data:`TEACHER_SCHEDULER_CONFIG`. ``layers_per_block`` and
     ``attention_head_dim`` size both UNets; the ``motion_*`` settings size the motion adapter (see
-    :func:`build_motion_adapter`).
+    :func:`build_motion_adapter`). ``guidance_block_out_channels`` are the guidance encoders' conv widths (one more
+    than the VAE's downsampling steps; default ``(w, 2w, …, 4w)`` with ``w`` the first UNet width).
     """
     if scheduler not in ("lcm", "ddim"):
         raise ValueError(f"`scheduler` must be 'lcm' or 'ddim', got {scheduler!r}.")
@@ -119,10 +121,17 @@ def build_components(
         )
         denoising_unet = UNetMotionModel.from_unet2d(denoising_unet, adapter)
     first_width = unet_block_out_channels[0]
+    if guidance_block_out_channels is None:
+        guidance_block_out_channels = (first_width,) + (2 * first_width,) * (vae_depth - 2) + (4 * first_width,)
+    if len(guidance_block_out_channels) != vae_depth:
+        raise ValueError(
+            f"`guidance_block_out_channels` must have {vae_depth} widths (the VAE downsamples "
+            f"{len(vae_block_out_channels) - 1} times), got {list(guidance_block_out_channels)}."
+        )
     guidance_encoder = MultiGuidanceEncoder(
         tuple(guidance_types),
         guidance_input_channels=3,
-        block_out_channels=(first_width,) + (2 * first_width,) * (vae_depth - 2) + (4 * first_width,),
+        block_out_channels=tuple(guidance_block_out_channels),
         guidance_embedding_channels=first_width,
         attention_num_heads=4,
     )
