@@ -1,0 +1,392 @@
+#!/usr/bin/env python
+"""Build the bundled default model: SynthDance data → VAE → teacher (image, video) → CoSeC-LCD student → evaluation.
+
+    python examples/build_default_model.py                      # the shipped models/, assets/demo, RESULTS.md
+    python examples/build_default_model.py --preset smoke       # the same chain on toy sizes, in about a minute
+
+One command, resumable: every stage writes a complete pipeline folder under ``--work_dir`` (``model_index.json``
+last) and is skipped when that folder is complete; a stage cut off mid-way resumes from its latest checkpoint. The
+stages call ``referencelcm synth``'s generator, ``examples/train_teacher.py`` and ``examples/train_cosec_lcd.py``
+in subprocesses, exactly as a user would run them.
+
+The distillation runs the paper's Table-4 ablation with one budget and one seed: plain consistency distillation
+(ReferenceLCM), + ETA, + CoNS (spatial phase), + temporal ETA (temporal phase). Every variant goes through both
+phases, so the rows differ only in their regulariser weights; the last one is the shipped student. The evaluation
+scores the teacher (DDIM + CFG) and the students on the SynthDance test split (identities never seen in training)
+and writes ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = REPOSITORY_ROOT / "examples"
+RESULTS_BEGIN = "<!-- build_default_model: begin (generated; edit the script, not this section) -->"
+RESULTS_END = "<!-- build_default_model: end -->"
+# What a pipeline folder needs at inference; training leftovers (checkpoints, logs, validation videos) stay behind.
+SHIPPED_ENTRIES = ("model_index.json", "README.md", "vae", "image_encoder", "feature_extractor", "reference_unet",
+                   "denoising_unet", "guidance_encoder", "scheduler")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sizes and budgets of one build. ``model_config`` holds ``build_components`` arguments (the teacher's sizes)."""
+
+    resolution: int
+    train_videos: int
+    train_frames: int
+    test_videos: int
+    test_frames: int
+    clip_frames: int
+    model_config: dict
+    vae: dict
+    teacher_image: dict
+    teacher_video: dict
+    spatial: dict
+    temporal: dict
+    teacher_eval_steps: tuple[int, ...] = (2, 4, 8, 20)
+    student_eval_steps: tuple[int, ...] = (1, 2, 4)
+    ablation_eval_steps: int = 4
+    teacher_guidance_scale: float = 3.5
+    checkpointing_steps: int = 250
+
+
+GUIDANCE_TYPES = ["depth", "normal", "semantic_map", "dwpose"]
+PRESETS = {
+    # 64 px frames, 16 × 16 latents, a 2.7M-parameter D-UNet: the whole build fits 90 minutes on 2 cores. The guidance
+    # encoders are kept narrow so that the D-UNet dominates inference time (measured: with (32, 64, 128) they cost
+    # twice a D-UNet step per frame, which capped the teacher/student speed ratio near 5×).
+    "default": Preset(
+        resolution=64, train_videos=64, train_frames=32, test_videos=8, test_frames=17, clip_frames=8,
+        model_config=dict(
+            image_size=64, guidance_types=GUIDANCE_TYPES, unet_block_out_channels=[48, 96],
+            vae_block_out_channels=[16, 32, 32], guidance_block_out_channels=[8, 16, 32], cross_attention_dim=32,
+            norm_num_groups=8, attention_head_dim=8, layers_per_block=1, motion_num_attention_heads=4,
+        ),
+        vae=dict(max_train_steps=1500, train_batch_size=8, learning_rate=1e-3),
+        teacher_image=dict(max_train_steps=2400, train_batch_size=8, learning_rate=2e-4),
+        teacher_video=dict(max_train_steps=400, train_batch_size=2, learning_rate=2e-4),
+        spatial=dict(max_train_steps=800, train_batch_size=4, learning_rate=1e-4),
+        temporal=dict(max_train_steps=150, train_batch_size=2, learning_rate=5e-5),
+    ),
+    # Toy sizes for the test suite: every stage runs, nothing is learnt.
+    "smoke": Preset(
+        resolution=32, train_videos=3, train_frames=6, test_videos=1, test_frames=4, clip_frames=3,
+        model_config=dict(
+            image_size=32, guidance_types=["depth", "dwpose"], unet_block_out_channels=[8, 16],
+            vae_block_out_channels=[8, 16], cross_attention_dim=16, norm_num_groups=2,
+        ),
+        vae=dict(max_train_steps=2, train_batch_size=2, learning_rate=1e-3),
+        teacher_image=dict(max_train_steps=2, train_batch_size=2, learning_rate=1e-4),
+        teacher_video=dict(max_train_steps=2, train_batch_size=1, learning_rate=1e-4),
+        spatial=dict(max_train_steps=2, train_batch_size=2, learning_rate=1e-4),
+        temporal=dict(max_train_steps=1, train_batch_size=1, learning_rate=1e-4),
+        teacher_eval_steps=(2,), student_eval_steps=(1, 2), ablation_eval_steps=2, checkpointing_steps=1,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the Table-4 ablation: regulariser weights (φ1, φ2 in Eq. 4; λ in Eq. 8)."""
+
+    name: str
+    eta_weight: float
+    cons_weight: float
+    temporal_eta_weight: float
+
+    @property
+    def spatial_dir(self) -> str:
+        return f"spatial_eta{self.eta_weight:g}_cons{self.cons_weight:g}"
+
+    @property
+    def temporal_dir(self) -> str:
+        return f"{self.spatial_dir}_temporal{self.temporal_eta_weight:g}"
+
+
+# Appendix C's weights, added one at a time; the last row is the full CoSeC-LCD student that ships.
+ABLATION = (
+    Variant("ReferenceLCM (plain LCD)", 0.0, 0.0, 0.0),
+    Variant("+ ETA (spatial)", 0.1, 0.0, 0.0),
+    Variant("+ CoNS (spatial)", 0.1, 0.02, 0.0),
+    Variant("+ temporal ETA (CoSeC-LCD)", 0.1, 0.02, 0.05),
+)
+
+
+@dataclass
+class Build:
+    """Where one build reads and writes, and the wall-clock seconds of the stages it ran (``timings``)."""
+
+    preset: Preset
+    work_dir: Path
+    seed: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def train_data(self) -> Path:
+        return self.work_dir / "data" / "train"
+
+    @property
+    def test_data(self) -> Path:
+        return self.work_dir / "data" / "test"
+
+    def stage_dir(self, name: str) -> Path:
+        return self.work_dir / name
+
+    def timed(self, name: str, function, *args) -> None:
+        print(f"\n=== {name} ===", flush=True)
+        start = time.perf_counter()
+        if function(*args) is False:  # skipped: the timing of the run that did the work stands
+            return
+        self.timings[name] = time.perf_counter() - start
+        self.save_timings()
+
+    def save_timings(self) -> None:
+        path = self.work_dir / "timings.json"
+        previous = json.loads(path.read_text()) if path.is_file() else {}
+        previous.update(self.timings)
+        temporary = path.with_name(".tmp-timings.json")
+        temporary.write_text(json.dumps(previous, indent=2) + "\n")
+        os.replace(temporary, path)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
+    parser.add_argument("--work_dir", default=str(REPOSITORY_ROOT / "build" / "default-model"),
+                        help="data, stage outputs, checkpoints and the evaluation (default: %(default)s)")
+    parser.add_argument("--models_dir", default=str(REPOSITORY_ROOT / "models"),
+                        help="where the teacher/ and student/ folders ship (default: %(default)s)")
+    parser.add_argument("--assets_dir", default=str(REPOSITORY_ROOT / "assets"),
+                        help="where the demo video ships, as demo/ (default: %(default)s)")
+    parser.add_argument("--results", default=str(REPOSITORY_ROOT / "benchmarks" / "RESULTS.md"),
+                        help="Markdown file whose generated section gets the tables (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+# -- stages ------------------------------------------------------------------------------------------------------------
+
+
+def is_complete(folder: Path) -> bool:
+    """A stage's output folder is complete once ``model_index.json`` is there (training scripts write it last)."""
+    return (folder / "model_index.json").is_file()
+
+
+def generate_data(build: Build) -> None:
+    from referencelcm.data.synthdance import generate_dataset
+
+    preset = build.preset
+    # generate_dataset skips videos already complete on disk, so an interrupted build resumes here too.
+    generate_dataset(build.train_data, num_videos=preset.train_videos, num_frames=preset.train_frames,
+                     resolution=preset.resolution, seed=build.seed, split="train")
+    generate_dataset(build.test_data, num_videos=preset.test_videos, num_frames=preset.test_frames,
+                     resolution=preset.resolution, seed=build.seed, split="test")
+
+
+def run_script(build: Build, script: str, output: Path, settings: dict, extra: list[str]) -> bool:
+    """``python examples/<script> …`` into ``output`` unless it is complete; resumes from its latest checkpoint."""
+    if is_complete(output):
+        print(f"{output} is complete; skipped.")
+        return False
+    argv = [sys.executable, str(EXAMPLES / script), "--train_data_dir", str(build.train_data),
+            "--output_dir", str(output), "--resolution", str(build.preset.resolution), "--seed", str(build.seed),
+            "--report_to", "none", "--checkpointing_steps", str(build.preset.checkpointing_steps),
+            "--checkpoints_total_limit", "1", "--resume_from_checkpoint", "latest", *extra]
+    for name, value in settings.items():
+        argv += [f"--{name}", str(value)]
+    print("+ " + " ".join(argv[1:]), flush=True)
+    subprocess.run(argv, check=True)
+    return True
+
+
+def train_teacher(build: Build) -> None:
+    preset = build.preset
+    config_path = build.work_dir / "model_config.json"
+    config_path.write_text(json.dumps(preset.model_config, indent=2) + "\n")
+    vae, image, teacher = build.stage_dir("vae"), build.stage_dir("teacher_image"), build.stage_dir("teacher")
+    build.timed("VAE", run_script, build, "train_teacher.py", vae, preset.vae,
+                ["--stage", "vae", "--model_config", str(config_path)])
+    build.timed("teacher, image stage", run_script, build, "train_teacher.py", image, preset.teacher_image,
+                ["--stage", "image", "--pretrained_model", str(vae)])
+    build.timed("teacher, video stage", run_script, build, "train_teacher.py", teacher, preset.teacher_video,
+                ["--stage", "video", "--pretrained_model", str(image), "--num_frames", str(preset.clip_frames)])
+
+
+def distill(build: Build) -> None:
+    """Both CoSeC-LCD phases for every ablation variant; variants with the same spatial weights share phase 1."""
+    preset, teacher = build.preset, str(build.stage_dir("teacher"))
+    for variant in ABLATION:
+        spatial = build.stage_dir(variant.spatial_dir)
+        build.timed(f"distil {variant.name}: spatial", run_script, build, "train_cosec_lcd.py", spatial,
+                    preset.spatial, ["--phase", "spatial", "--pretrained_teacher_model", teacher,
+                                     "--eta_weight", str(variant.eta_weight),
+                                     "--cons_weight", str(variant.cons_weight)])
+        build.timed(f"distil {variant.name}: temporal", run_script, build, "train_cosec_lcd.py",
+                    build.stage_dir(variant.temporal_dir), preset.temporal,
+                    ["--phase", "temporal", "--pretrained_teacher_model", teacher,
+                     "--pretrained_student_model", str(spatial), "--num_frames", str(preset.clip_frames),
+                     "--temporal_eta_weight", str(variant.temporal_eta_weight)])
+
+
+def evaluate(build: Build) -> bool:
+    """Table 3 (teacher vs student over steps) and Table 4 (ablation) on the test split, in one process."""
+    import torch
+
+    from referencelcm import ReferenceLCMPipeline
+    from referencelcm.evaluation import evaluate_model, load_test_videos, write_plot, write_report
+
+    output_dir = build.stage_dir("evaluation")
+    if (output_dir / "report.json").is_file():
+        print(f"{output_dir / 'report.json'} exists; skipped.")
+        return False
+    preset = build.preset
+    torch.manual_seed(build.seed)
+
+    def load(folder: Path) -> ReferenceLCMPipeline:
+        pipe = ReferenceLCMPipeline.from_pretrained(folder)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    teacher = load(build.stage_dir("teacher"))
+    videos = load_test_videos(build.test_data, teacher.guidance_types)
+    common = dict(videos=videos, seed=build.seed, sample_dir=output_dir / "samples")
+    rows = evaluate_model(teacher, None, preset.teacher_eval_steps, preset.teacher_guidance_scale, "teacher",
+                          **common)
+    shipped = ABLATION[-1]
+    rows += evaluate_model(load(build.stage_dir(shipped.temporal_dir)), None, preset.student_eval_steps, 1.0,
+                           "student", **common)
+    for variant in ABLATION:
+        rows += evaluate_model(load(build.stage_dir(variant.temporal_dir)), None, [preset.ablation_eval_steps], 1.0,
+                               variant.name, **common)
+    settings = {"preset": dataclasses.asdict(preset), "seed": build.seed, "test_data": str(build.test_data)}
+    write_report(rows, output_dir, settings)
+    write_plot([row for row in rows if row["method"] in ("teacher", "student")], output_dir / "quality_vs_steps.png")
+    return True
+
+
+def ship(build: Build, models_dir: Path, assets_dir: Path, results: Path, command: str) -> None:
+    """Copy the teacher, the full student and one test video into the repository; write the RESULTS.md section."""
+    copy_folder(build.stage_dir("teacher"), models_dir / "teacher", SHIPPED_ENTRIES)
+    copy_folder(build.stage_dir(ABLATION[-1].temporal_dir), models_dir / "student", SHIPPED_ENTRIES)
+    demo = sorted(path for path in build.test_data.iterdir() if path.is_dir() and not path.name.startswith("."))[0]
+    copy_folder(demo, assets_dir / "demo", tuple(entry.name for entry in demo.iterdir()))
+    report = json.loads((build.stage_dir("evaluation") / "report.json").read_text())
+    timings = json.loads((build.work_dir / "timings.json").read_text())
+    write_results_section(results, results_markdown(report["rows"], timings, build.preset, command))
+
+
+def copy_folder(source: Path, destination: Path, entries: tuple[str, ...]) -> None:
+    """Replace ``destination`` with ``source``'s ``entries`` through a temporary sibling folder (never half-copied)."""
+    temporary = destination.with_name(f".tmp-{destination.name}")
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    for name in entries:
+        path = source / name
+        if path.is_dir():
+            shutil.copytree(path, temporary / name)
+        elif path.is_file():
+            shutil.copy2(path, temporary / name)
+    if destination.exists():
+        shutil.rmtree(destination)
+    os.replace(temporary, destination)
+
+
+# -- RESULTS.md --------------------------------------------------------------------------------------------------------
+
+
+def results_markdown(rows: list[dict], timings: dict[str, float], preset: Preset, command: str) -> str:
+    """The generated section: Table 3 and Table 4 forms, the speed ratio, the targets and the build's timings."""
+    from referencelcm.evaluation import format_table
+
+    table3 = [row for row in rows if row["method"] in ("teacher", "student")]
+    table4 = [row for row in rows if row["method"] in {variant.name for variant in ABLATION}]
+    by_key = {(row["method"], row["steps"]): row for row in table3}
+    teacher_full = by_key.get(("teacher", max(preset.teacher_eval_steps)))
+    student_4 = by_key.get(("student", 4))
+    teacher_4 = by_key.get(("teacher", 4))
+    lines = [
+        RESULTS_BEGIN,
+        "## Bundled default model (SynthDance)",
+        "",
+        f"Produced by `{command}` on this machine's CPU ({os.cpu_count()} cores); every number below was measured "
+        f"in that run, on the SynthDance test split ({rows[0]['num_videos']} videos of identities unseen in "
+        f"training, {preset.resolution} px, frame 0 the reference, the other {rows[0]['num_frames'] // rows[0]['num_videos']} "
+        "frames generated from their guidance). Flicker is shown with the ground truth's own flicker in brackets.",
+        "",
+        "### Table 3 form: teacher (DDIM + CFG) vs CoSeC-LCD student (LCM, no CFG)",
+        "",
+        format_table(table3),
+        f"### Table 4 form: ablation, {preset.ablation_eval_steps} steps, same budget and seed",
+        "",
+        "Each variant is distilled through both phases with the same steps, batches and seed; only the regulariser "
+        "weights change (φ1 ETA, φ2 CoNS, λ temporal ETA).",
+        "",
+        format_table(table4),
+    ]
+    if teacher_full and student_4:
+        ratio = teacher_full["seconds_per_frame"] / student_4["seconds_per_frame"]
+        ssim_ratio = student_4["ssim"] / teacher_full["ssim"]
+        lines += [
+            "### Speed and targets",
+            "",
+            "| measure | value | target |",
+            "|---|---:|---:|",
+            f"| end-to-end time, teacher {teacher_full['steps']} steps + CFG / student 4 steps | {ratio:.2f}× | ≥ 8× |",
+            f"| student 4-step SSIM / teacher {teacher_full['steps']}-step SSIM | {ssim_ratio:.4f} | ≥ 0.97 |",
+        ]
+        if teacher_4:
+            lines.append(f"| student 4-step SSIM − teacher 4-step SSIM | {student_4['ssim'] - teacher_4['ssim']:+.4f} | > 0 |")
+        lines.append("")
+    lines += ["### Build time", "", "| stage | minutes |", "|---|---:|"]
+    lines += [f"| {name} | {seconds / 60:.1f} |" for name, seconds in timings.items()]
+    lines += [f"| **total** | **{sum(timings.values()) / 60:.1f}** |", "", RESULTS_END, ""]
+    return "\n".join(lines)
+
+
+def write_results_section(path: Path, section: str) -> None:
+    """Put ``section`` between the markers of ``path`` (appended when absent), keeping the rest; atomic."""
+    text = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmark results\n\n"
+    if RESULTS_BEGIN in text and RESULTS_END in text:
+        head, rest = text.split(RESULTS_BEGIN, 1)
+        text = head + section.rstrip("\n") + rest.split(RESULTS_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".tmp-{path.name}")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    build = Build(PRESETS[args.preset], Path(args.work_dir), args.seed)
+    build.work_dir.mkdir(parents=True, exist_ok=True)
+    command = "python examples/build_default_model.py" + (f" --preset {args.preset}" if args.preset != "default" else "")
+
+    build.timed("SynthDance data", generate_data, build)
+    train_teacher(build)
+    distill(build)
+    build.timed("evaluation", evaluate, build)
+    ship(build, Path(args.models_dir), Path(args.assets_dir), Path(args.results), command)
+    print(f"\nshipped {args.models_dir}/teacher, {args.models_dir}/student, {args.assets_dir}/demo; "
+          f"tables in {args.results}; {sum(build.timings.values()) / 60:.1f} minutes in this run.")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (ValueError, FileNotFoundError, subprocess.CalledProcessError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
