@@ -204,6 +204,10 @@ def build_pipeline(args) -> ReferenceLCMPipeline:
         sizes = load_model_config(args.model_config) if args.model_config else {}
         sizes.setdefault("seed", args.seed)
         components = factory.build_components(**sizes, motion=False, scheduler="ddim")
+        # Champ starts both UNets from the same SD1.5 weights, so from step 0 the D-UNet's attention reads reference
+        # tokens from its own feature space. From scratch, start them equal too (measured on the bundled build: with
+        # independent inits the teacher learnt pose but hardly any appearance from the reference).
+        components["reference_unet"].load_state_dict(components["denoising_unet"].state_dict())
         motion_norm_mode = "video"
     replaced = False
     if args.pretrained_unet_path is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,16 +10,15 @@ from diffusers import DDIMScheduler, LCMScheduler, UNetMotionModel
 
 from referencelcm import ReferenceLCMPipeline
 
+from . import load_example
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "examples" / "build_default_model.py"
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("build_default_model", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example(SCRIPT)
 
 
 @pytest.fixture(scope="module")

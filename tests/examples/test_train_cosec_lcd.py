@@ -7,7 +7,6 @@ way users launch it); the others call ``main(argv)`` in-process to keep the suit
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from referencelcm.training.export import load_lora_into_pipeline
 from referencelcm.training.unets import spatial_unet_from_motion
 
 from ..conftest import build_components, make_inputs
+from . import load_example
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "examples" / "train_cosec_lcd.py"
@@ -43,10 +43,7 @@ def workspace(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("train_cosec_lcd", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example(SCRIPT)
 
 
 def base_args(workspace: Path, output: str, steps: int) -> list[str]:

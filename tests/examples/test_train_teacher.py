@@ -6,7 +6,6 @@ image); the image and video stages call ``main(argv)`` in-process to keep the su
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -28,6 +27,7 @@ from referencelcm.training.tracking import read_metrics
 from referencelcm.training.unets import is_motion_key
 
 from ..conftest import build_components
+from . import load_example
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "examples" / "train_teacher.py"
@@ -47,10 +47,7 @@ def workspace(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("train_teacher", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example(SCRIPT)
 
 
 def base_args(workspace: Path, stage: str, output: str, steps: int = 2) -> list[str]:
@@ -145,6 +142,15 @@ def test_video_stage_trains_only_new_motion_modules(image_output: Path, video_ou
         old, new = state(getattr(before, name)), state(getattr(pipe, name))
         assert all(torch.equal(old[key], new[key]) for key in old), name
     assert (video_output / "motion_adapter" / "config.json").is_file()
+
+
+def test_from_scratch_both_unets_start_equal(workspace: Path, script):
+    """As Champ's two UNets both start from SD1.5, a from-scratch R-UNet starts as a copy of the D-UNet."""
+    pipe = script.build_pipeline(script.parse_args(base_args(workspace, "vae", "unused") + [
+        "--model_config", str(workspace / "tiny.json")]))
+    reference, denoising = state(pipe.reference_unet), state(pipe.denoising_unet)
+    assert reference.keys() == denoising.keys()
+    assert all(torch.equal(reference[key], denoising[key]) for key in reference)
 
 
 def test_model_config_errors_name_the_argument(workspace: Path, script, tmp_path: Path):
