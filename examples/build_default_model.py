@@ -70,11 +70,11 @@ PRESETS = {
         resolution=64, train_videos=64, train_frames=32, test_videos=8, test_frames=17, clip_frames=8,
         model_config=dict(
             image_size=64, guidance_types=GUIDANCE_TYPES, unet_block_out_channels=[48, 96],
-            vae_block_out_channels=[16, 32, 32], guidance_block_out_channels=[8, 16, 32], cross_attention_dim=32,
+            vae_block_out_channels=[8, 16, 32], guidance_block_out_channels=[8, 16, 32], cross_attention_dim=32,
             norm_num_groups=8, attention_head_dim=8, layers_per_block=1, motion_num_attention_heads=4,
         ),
         vae=dict(max_train_steps=1500, train_batch_size=8, learning_rate=1e-3),
-        teacher_image=dict(max_train_steps=2400, train_batch_size=8, learning_rate=2e-4),
+        teacher_image=dict(max_train_steps=3600, train_batch_size=8, learning_rate=2e-4),
         teacher_video=dict(max_train_steps=400, train_batch_size=2, learning_rate=2e-4),
         spatial=dict(max_train_steps=800, train_batch_size=4, learning_rate=1e-4),
         temporal=dict(max_train_steps=150, train_batch_size=2, learning_rate=5e-5),

@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    parser.add_argument("--grid", action="store_true", help="also write OUTPUT_grid.mp4: reference | guidance | result")
+    parser.add_argument("--grid", action=argparse.BooleanOptionalAction, default=True,
+                        help="also write OUTPUT_grid.mp4: reference | guidance | result (default: on)")
 
 
 def parse_frame_range(text: str | None) -> slice | None:

@@ -34,7 +34,7 @@ def test_animate_writes_video_and_grid(tmp_path, video_dir, model_dir):
     output = tmp_path / "out" / "result.mp4"
     code = main([
         "animate", "--model", str(model_dir), "--reference", str(video_dir / "images" / "0000.png"),
-        "--guidance", str(video_dir), "--output", str(output), "--frames", "1:4", "--steps", "2", "--grid",
+        "--guidance", str(video_dir), "--output", str(output), "--frames", "1:4", "--steps", "2",
     ])
     assert code == 0
     frames = iio.imread(output)
@@ -65,14 +65,26 @@ def test_bad_frame_range(text):
         parse_frame_range(text)
 
 
-def test_example_script_runs_the_demo(tmp_path):
+def test_example_script_animates_the_bundled_demo_with_the_bundled_student(tmp_path):
+    """The README's first command: no arguments but the output path (kept out of the checkout here)."""
     output = tmp_path / "demo.mp4"
     result = subprocess.run(
-        [sys.executable, str(REPOSITORY / "examples" / "inference.py"), "--output", str(output), "--steps", "1"],
+        [sys.executable, str(REPOSITORY / "examples" / "inference.py"), "--output", str(output)],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    assert output.is_file() and output.stat().st_size > 0
+    assert "freshly initialised" not in result.stdout
+    assert str(REPOSITORY / "assets" / "demo") in result.stdout and "(4 steps, guidance scale 1.0)" in result.stdout
+    frames = iio.imread(output)
+    assert frames.shape[0] == len(list((REPOSITORY / "assets" / "demo" / "images").glob("*.png")))
+    assert iio.imread(output.with_name("demo_grid.mp4")).shape[0] == frames.shape[0]  # the grid is on by default
+
+
+def test_no_grid_writes_only_the_video(tmp_path, video_dir, model_dir):
+    output = tmp_path / "result.mp4"
+    code = main(["animate", "--model", str(model_dir), "--guidance", str(video_dir), "--output", str(output),
+                 "--steps", "1", "--no-grid"])
+    assert code == 0 and output.is_file() and not output.with_name("result_grid.mp4").exists()
 
 
 def test_module_entry_point_prints_errors_without_traceback(tmp_path):
