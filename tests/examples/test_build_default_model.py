@@ -21,19 +21,16 @@ def script():
     return load_example(SCRIPT)
 
 
-@pytest.fixture(scope="module")
-def built(script, tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("build")
+def run_smoke_build(script, root: Path) -> dict:
     paths = {"work": root / "work", "models": root / "models", "assets": root / "assets", "results": root / "RESULTS.md"}
     paths["results"].write_text("# Benchmark results\n\nHand-written notes stay.\n")
-    argv = ["--preset", "smoke", "--work_dir", str(paths["work"]), "--models_dir", str(paths["models"]),
-            "--assets_dir", str(paths["assets"]), "--results", str(paths["results"])]
-    assert script.main(argv) == 0
-    paths["argv"] = argv
+    paths["argv"] = ["--preset", "smoke", "--work_dir", str(paths["work"]), "--models_dir", str(paths["models"]),
+                     "--assets_dir", str(paths["assets"]), "--results", str(paths["results"])]
+    assert script.main(paths["argv"]) == 0
     return paths
 
 
-def test_ships_a_teacher_and_a_student(built):
+def check_shipped_models(built: dict) -> None:
     teacher = ReferenceLCMPipeline.from_pretrained(built["models"] / "teacher")
     student = ReferenceLCMPipeline.from_pretrained(built["models"] / "student")
     assert isinstance(teacher.scheduler, DDIMScheduler) and isinstance(student.scheduler, LCMScheduler)
@@ -42,14 +39,14 @@ def test_ships_a_teacher_and_a_student(built):
     assert "model_index.json" in shipped and not [name for name in shipped if name.startswith(("checkpoint-", "logs"))]
 
 
-def test_ships_the_demo_video(built):
+def check_demo_video(built: dict) -> None:
     demo = built["assets"] / "demo"
     for folder in ("images", "depth", "normal", "semantic_map", "dwpose", "mask"):
         assert len(list((demo / folder).glob("*.png"))) == 4, folder
     assert json.loads((demo / "meta.json").read_text())
 
 
-def test_results_hold_both_tables_and_keep_other_text(built, script):
+def check_results(built: dict, script) -> None:
     text = built["results"].read_text()
     assert text.startswith("# Benchmark results\n\nHand-written notes stay.\n")
     assert text.count(script.RESULTS_BEGIN) == 1 and text.count(script.RESULTS_END) == 1
@@ -59,14 +56,21 @@ def test_results_hold_both_tables_and_keep_other_text(built, script):
     assert "| **total** |" in text
 
 
-def test_rerun_skips_complete_stages_and_rewrites_the_section(built, script, capsys):
+def test_smoke_build_ships_models_demo_and_tables_then_resumes(script, tmp_path, capsys):
+    """One test, so that pytest-xdist builds once: ship, then a rerun skips every complete stage."""
+    built = run_smoke_build(script, tmp_path)
+    check_shipped_models(built)
+    check_demo_video(built)
+    check_results(built, script)
+
     timings = json.loads((built["work"] / "timings.json").read_text())
+    capsys.readouterr()
     assert script.main(built["argv"]) == 0
     output = capsys.readouterr().out
     assert output.count("is complete; skipped.") == 11  # VAE, 2 teacher stages, 4 spatial (2 shared) + 4 temporal
     assert "exists; skipped." in output
     assert json.loads((built["work"] / "timings.json").read_text())["VAE"] == timings["VAE"]
-    assert built["results"].read_text().count(script.RESULTS_BEGIN) == 1
+    check_results(built, script)
 
 
 def test_ablation_rows_differ_only_in_regulariser_weights(script):
