@@ -155,9 +155,7 @@ class Build:
         path = self.work_dir / "timings.json"
         previous = json.loads(path.read_text()) if path.is_file() else {}
         previous.update(self.timings)
-        temporary = path.with_name(".tmp-timings.json")
-        temporary.write_text(json.dumps(previous, indent=2) + "\n")
-        os.replace(temporary, path)
+        write_text_atomically(path, json.dumps(previous, indent=2) + "\n")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -362,6 +360,11 @@ def write_results_section(path: Path, section: str) -> None:
         text = head + section.rstrip("\n") + rest.split(RESULTS_END, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + section
+    write_text_atomically(path, text)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to a hidden sibling, then rename it over ``path``: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".tmp-{path.name}")
     temporary.write_text(text, encoding="utf-8")
