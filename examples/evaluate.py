@@ -5,6 +5,8 @@
 
 Writes ``report.json``, ``table.md`` (method × steps × SSIM / PSNR / L1 / flicker [/ LPIPS / FID / FVD] + seconds per
 frame), ``quality_vs_steps.png`` and side-by-side samples (reference | ground truth | generated) under ``samples/``.
+With ``--teacher``, the speed-up of the student over the teacher's most-steps setting is also timed side by side
+(``--speed_repeats`` interleaved calls on the first test video, medians) rather than from the two separate passes.
 The student runs with an LCMScheduler and ``--guidance_scale`` (1: no CFG); the teacher with its own scheduler (DDIM)
 and ``--teacher_guidance_scale`` (3.5). LPIPS / FID / FVD run only when their local weight files are given.
 """
@@ -19,7 +21,15 @@ import torch
 from diffusers import LCMScheduler
 
 from referencelcm import ReferenceLCMPipeline
-from referencelcm.evaluation import QualityMetrics, evaluate_model, load_test_videos, write_plot, write_report
+from referencelcm.evaluation import (
+    QualityMetrics,
+    SpeedRun,
+    evaluate_model,
+    load_test_videos,
+    time_side_by_side,
+    write_plot,
+    write_report,
+)
 from referencelcm.metrics import FrechetDistance, LearnedPerceptualDistance
 from referencelcm.training.consistency import student_lcm_scheduler_from_teacher
 
@@ -38,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_frames", type=int, default=None, help="generated frames per video (default: all)")
     parser.add_argument("--resolution", type=int, default=None, help="resize frames to R x R (default: file size)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--speed_repeats", type=int, default=5,
+                        help="with --teacher: interleaved timed calls per setting for the speed-up table (0: skip)")
     parser.add_argument("--context_frames", type=int, default=24)
     parser.add_argument("--context_overlap", type=int, default=4)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -105,10 +117,16 @@ def main(argv: list[str] | None = None) -> int:
         teacher_steps = args.teacher_steps or sorted(set(args.steps) | {20})
         rows += evaluate_model(teacher, None, teacher_steps, args.teacher_guidance_scale, "teacher", **common)
     rows += evaluate_model(student, None, args.steps, args.guidance_scale, "student", **common)
+    speed = None
+    if teacher is not None and args.speed_repeats > 0:
+        runs = [SpeedRun("teacher", teacher, max(teacher_steps), args.teacher_guidance_scale)]
+        runs += [SpeedRun(f"student {steps}", student, steps, args.guidance_scale) for steps in args.steps]
+        speed = time_side_by_side(runs, videos[0], args.speed_repeats, args.seed, context_frames=args.context_frames,
+                                  context_overlap=args.context_overlap)
 
     # 4. Report
     settings = {key: value for key, value in vars(args).items() if key not in ("no_progress", "threads")}
-    paths = write_report(rows, output_dir, settings)
+    paths = write_report(rows, output_dir, settings, speed)
     plot = write_plot(rows, output_dir / "quality_vs_steps.png")
     print(paths["table"].read_text(encoding="utf-8"))
     print(f"wrote {paths['report']}, {paths['table']}" + (f", {plot}" if plot else "") + f", {output_dir / 'samples'}")

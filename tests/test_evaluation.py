@@ -16,7 +16,17 @@ import torch
 
 from referencelcm import ReferenceLCMPipeline
 from referencelcm.data.synthdance import generate_dataset
-from referencelcm.evaluation import QualityMetrics, evaluate_model, format_table, load_test_videos, write_report
+from referencelcm import evaluation
+from referencelcm.evaluation import (
+    QualityMetrics,
+    SpeedRun,
+    evaluate_model,
+    format_speed_table,
+    format_table,
+    load_test_videos,
+    time_side_by_side,
+    write_report,
+)
 from referencelcm.metrics import FrechetDistance
 
 from .conftest import GUIDANCE_TYPES, build_components
@@ -42,7 +52,7 @@ def test_evaluate_script_writes_report_table_plot_and_samples(tiny_setup):
     command = [
         sys.executable, str(REPOSITORY / "examples" / "evaluate.py"), "--model", str(tiny_setup["student"]),
         "--teacher", str(tiny_setup["teacher"]), "--data", str(tiny_setup["data"]), "--steps", "1", "2",
-        "--teacher_steps", "2", "--output_dir", str(output_dir), "--no_progress",
+        "--teacher_steps", "2", "--output_dir", str(output_dir), "--no_progress", "--speed_repeats", "2",
     ]
     result = subprocess.run(command, capture_output=True, text=True, env=SUBPROCESS_ENV, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -62,14 +72,80 @@ def test_evaluate_script_writes_report_table_plot_and_samples(tiny_setup):
         assert sample.parent == output_dir / "samples" and sample.stat().st_size > 0
     assert not list((output_dir / "samples").glob(".tmp-*"))
 
-    table = (output_dir / "table.md").read_text()
+    speed = report["speed"]
+    assert [(row["method"], row["steps"], row["guidance_scale"]) for row in speed] == [
+        ("teacher", 2, 3.5), ("student 1", 1, 1.0), ("student 2", 2, 1.0)
+    ]
+    for row in speed:
+        assert len(row["samples"]) == row["repeats"] == 2 and row["seconds_per_frame"] > 0
+        assert row["speedup"] == pytest.approx(speed[0]["seconds_per_frame"] / row["seconds_per_frame"])
+
+    table, speed_table = (output_dir / "table.md").read_text().split("\n\n")
     assert table.startswith("| Method | Steps | CFG | SSIM ↑ | PSNR ↑ | L1 ↓ | Flicker (GT) | s / frame ↓ |")
     assert len(table.strip().splitlines()) == 2 + len(rows)
+    assert speed_table.startswith("| Method | Steps | CFG | median s / frame (2 interleaved calls) ↓ | speed-up over teacher")
+    assert len(speed_table.strip().splitlines()) == 2 + len(speed)
     plot = output_dir / "quality_vs_steps.png"
     if importlib.util.find_spec("matplotlib") is None:  # optional: the plot is skipped with a message
         assert not plot.exists() and "matplotlib is not installed" in result.stdout
     else:
         assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class _Clock:
+    """Stands in for ``time.perf_counter``: advances only when a fake pipeline "runs"."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _TimedPipe:
+    """A pipeline-shaped object whose calls take the next of ``costs`` seconds on ``clock``; logs who ran when."""
+
+    _execution_device = torch.device("cpu")
+
+    def __init__(self, name: str, costs: list[float], clock: _Clock, log: list[str]) -> None:
+        self.name, self.costs, self.clock, self.log = name, list(costs), clock, log
+
+    def __call__(self, reference, guidance, num_inference_steps, **kwargs):
+        self.log.append(self.name)
+        self.clock.now += self.costs.pop(0)
+        frames = torch.zeros(len(next(iter(guidance.values()))), 3, 4, 4)
+        return type("Output", (), {"frames": [frames]})()
+
+
+def test_time_side_by_side_interleaves_warms_up_and_takes_medians(tiny_setup, monkeypatch):
+    video = load_test_videos(tiny_setup["data"], GUIDANCE_TYPES)[0]  # 3 generated frames
+    clock, log = _Clock(), []
+    monkeypatch.setattr(evaluation.time, "perf_counter", clock)
+    # First cost of each is the untimed warm-up (huge, so it must not count); one busy-machine outlier per run.
+    teacher = _TimedPipe("teacher", [1000, 30, 300, 30], clock, log)
+    student = _TimedPipe("student", [1000, 3, 3, 60], clock, log)
+    rows = time_side_by_side([SpeedRun("teacher", teacher, 20, 3.5), SpeedRun("student 4", student, 4)], video, 3)
+
+    assert log == ["teacher", "student"] + ["teacher", "student", "student", "teacher", "teacher", "student"]
+    assert [row["samples"] for row in rows] == [[10.0, 100.0, 10.0], [1.0, 1.0, 20.0]]
+    assert [row["seconds_per_frame"] for row in rows] == [10.0, 1.0]
+    assert [row["speedup"] for row in rows] == [1.0, 10.0]
+    assert [(row["method"], row["steps"], row["guidance_scale"]) for row in rows] == [
+        ("teacher", 20, 3.5), ("student 4", 4, 1.0)
+    ]
+    table = format_speed_table(rows)
+    assert "| student 4 | 4 | 1 | 1 | 10.00× |" in table and "(3 interleaved calls)" in table
+
+
+def test_time_side_by_side_errors_name_the_argument(tiny_setup):
+    video = load_test_videos(tiny_setup["data"], GUIDANCE_TYPES)[0]
+    run = SpeedRun("student", object(), 4)
+    with pytest.raises(ValueError, match="`runs` must name"):
+        time_side_by_side([], video)
+    with pytest.raises(ValueError, match="unique labels"):
+        time_side_by_side([run, run], video)
+    with pytest.raises(ValueError, match="`repeats` must be >= 1"):
+        time_side_by_side([run], video, repeats=0)
 
 
 def test_load_test_videos_splits_reference_from_generated_frames(tiny_setup):

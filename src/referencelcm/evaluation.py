@@ -155,6 +155,86 @@ def generate_video(
     return output.frames[0].float().clamp(0, 1).cpu(), seconds
 
 
+@dataclass(frozen=True)
+class SpeedRun:
+    """One contender of :func:`time_side_by_side`: a pipeline and how it samples (``label`` names its row)."""
+
+    label: str
+    pipe: Any
+    num_inference_steps: int
+    guidance_scale: float = 1.0
+
+
+def time_side_by_side(
+    runs: Sequence[SpeedRun], video: TestVideo, repeats: int = 5, seed: int = 0, **call_kwargs: Any
+) -> list[dict[str, Any]]:
+    """End-to-end seconds per frame of several pipelines on one test video, measured interleaved.
+
+    :func:`evaluate_model` times each method in its own pass, minutes apart, so a ratio of its ``seconds_per_frame``
+    also measures how busy the machine was in each pass. Here every run is warmed up once, then each of ``repeats``
+    rounds calls every run once, in an order rotated by one per round, and each run keeps the median of its rounds.
+
+    Args:
+        runs: the contenders; the first is the baseline of ``speedup`` (e.g. the teacher at 20 steps with CFG).
+        video: the test video every call generates (``video.num_frames`` frames, same seed for every call).
+        repeats: timed calls per run.
+        call_kwargs: passed to every pipeline call (``context_frames``, ``decode_chunk_size``, …).
+
+    Returns:
+        One dict per run, in order: ``method`` (its label), ``steps``, ``guidance_scale``, ``repeats``,
+        ``seconds_per_frame`` (the median), ``samples`` (every round's seconds per frame) and ``speedup``
+        (the baseline's median over this run's).
+    """
+    if not runs:
+        raise ValueError("`runs` must name at least one pipeline to time.")
+    labels = [run.label for run in runs]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"`runs` must have unique labels, got {labels}.")
+    if repeats < 1:
+        raise ValueError(f"`repeats` must be >= 1, got {repeats}.")
+    for run in runs:
+        generate_video(run.pipe, video, run.num_inference_steps, run.guidance_scale, seed, **call_kwargs)
+    samples: dict[str, list[float]] = {label: [] for label in labels}
+    for round_index in range(repeats):
+        shift = round_index % len(runs)
+        for run in [*runs[shift:], *runs[:shift]]:
+            _, seconds = generate_video(
+                run.pipe, video, run.num_inference_steps, run.guidance_scale, seed, **call_kwargs
+            )
+            samples[run.label].append(seconds / video.num_frames)
+    baseline = float(np.median(samples[labels[0]]))
+    rows = []
+    for run in runs:
+        median = float(np.median(samples[run.label]))
+        rows.append({
+            "method": run.label,
+            "steps": int(run.num_inference_steps),
+            "guidance_scale": float(run.guidance_scale),
+            "repeats": repeats,
+            "seconds_per_frame": median,
+            "samples": samples[run.label],
+            "speedup": baseline / median,
+        })
+    return rows
+
+
+def format_speed_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A Markdown table of :func:`time_side_by_side` rows: median seconds per frame and the speed-up over the first."""
+    if not rows:
+        raise ValueError("`rows` is empty: nothing to tabulate.")
+    lines = [
+        f"| Method | Steps | CFG | median s / frame ({rows[0]['repeats']} interleaved calls) ↓ | "
+        f"speed-up over {rows[0]['method']} ↑ |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['method']} | {row['steps']} | {row['guidance_scale']:g} | "
+            f"{_format_value(row['seconds_per_frame'], 'seconds_per_frame')} | {row['speedup']:.2f}× |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def evaluate_model(
     pipe: Any,
     data_dir: str | os.PathLike | None,
@@ -348,14 +428,21 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def write_report(
-    rows: Sequence[dict[str, Any]], output_dir: str | os.PathLike, settings: dict[str, Any] | None = None
+    rows: Sequence[dict[str, Any]],
+    output_dir: str | os.PathLike,
+    settings: dict[str, Any] | None = None,
+    speed: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Path]:
-    """Write ``report.json`` (settings + rows) and ``table.md``; returns their paths."""
+    """Write ``report.json`` (settings, rows and the :func:`time_side_by_side` ``speed`` rows) and ``table.md``."""
     output_dir = Path(output_dir)
     report = {"settings": settings or {}, "rows": list(rows)}
+    table = format_table(rows)
+    if speed:
+        report["speed"] = list(speed)
+        table += "\n" + format_speed_table(speed)
     paths = {"report": output_dir / "report.json", "table": output_dir / "table.md"}
     _atomic_write_text(paths["report"], json.dumps(report, indent=2, allow_nan=True) + "\n")
-    _atomic_write_text(paths["table"], format_table(rows))
+    _atomic_write_text(paths["table"], table)
     return paths
 
 

@@ -53,6 +53,8 @@ def check_results(built: dict, script) -> None:
     for variant in script.ABLATION:
         assert f"| {variant.name} | 2 |" in text
     assert "| teacher | 2 | 3.5 |" in text and "| student | 1 | 1 |" in text
+    speed = text.split("### Speed, side by side", 1)[1]  # timed interleaved, one row per student setting
+    assert "(1 interleaved calls)" in speed and "| student 1 | 1 | 1 |" in speed and "| student 2 | 2 | 1 |" in speed
     assert "| **total** |" in text
 
 
