@@ -2,7 +2,9 @@
 
 Every test video is generated from its first ``images`` frame (the reference) and the guidance maps of the remaining
 frames, and scored against those remaining ``images`` frames. ``evaluate_model`` returns one row per number of steps;
-``write_report``, ``format_table`` and ``write_plot`` turn rows into ``report.json``, a Markdown table and a PNG.
+``write_report``, ``format_table`` and ``write_plot`` turn rows into ``report.json``, a Markdown table and a PNG;
+``time_side_by_side`` times several pipelines interleaved on one video, for speed ratios that one busy moment of a
+shared machine cannot skew.
 
     rows = evaluate_model(pipe, "data/test", steps=[1, 2, 4], method="student")
     print(format_table(rows))
