@@ -194,16 +194,18 @@ def time_side_by_side(
         raise ValueError(f"`runs` must have unique labels, got {labels}.")
     if repeats < 1:
         raise ValueError(f"`repeats` must be >= 1, got {repeats}.")
+
+    def seconds_per_frame(run: SpeedRun) -> float:
+        _, seconds = generate_video(run.pipe, video, run.num_inference_steps, run.guidance_scale, seed, **call_kwargs)
+        return seconds / video.num_frames
+
     for run in runs:
-        generate_video(run.pipe, video, run.num_inference_steps, run.guidance_scale, seed, **call_kwargs)
+        seconds_per_frame(run)  # warm-up, untimed
     samples: dict[str, list[float]] = {label: [] for label in labels}
     for round_index in range(repeats):
         shift = round_index % len(runs)
         for run in [*runs[shift:], *runs[:shift]]:
-            _, seconds = generate_video(
-                run.pipe, video, run.num_inference_steps, run.guidance_scale, seed, **call_kwargs
-            )
-            samples[run.label].append(seconds / video.num_frames)
+            samples[run.label].append(seconds_per_frame(run))
     baseline = float(np.median(samples[labels[0]]))
     rows = []
     for run in runs:
