@@ -215,6 +215,9 @@ def train_teacher(build: Build) -> None:
     config_path = build.work_dir / "model_config.json"
     config_path.write_text(json.dumps(preset.model_config, indent=2) + "\n")
     vae, image, teacher = build.stage_dir("vae"), build.stage_dir("teacher_image"), build.stage_dir("teacher")
+    if is_complete(teacher):  # the VAE and image-stage folders are only inputs to the teacher: not needed any more
+        print(f"\n{teacher} is complete; the VAE and teacher stages are skipped.")
+        return
     build.timed("VAE", run_script, build, "train_teacher.py", vae, preset.vae,
                 ["--stage", "vae", "--model_config", str(config_path)])
     build.timed("teacher, image stage", run_script, build, "train_teacher.py", image, preset.teacher_image,

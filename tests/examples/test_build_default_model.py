@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -69,9 +70,20 @@ def test_smoke_build_ships_models_demo_and_tables_then_resumes(script, tmp_path,
     capsys.readouterr()
     assert script.main(built["argv"]) == 0
     output = capsys.readouterr().out
-    assert output.count("is complete; skipped.") == 11  # VAE, 2 teacher stages, 4 spatial (2 shared) + 4 temporal
+    assert "teacher is complete; the VAE and teacher stages are skipped." in output
+    assert output.count("is complete; skipped.") == 8  # 4 spatial (2 shared) + 4 temporal
     assert "exists; skipped." in output
     assert json.loads((built["work"] / "timings.json").read_text())["VAE"] == timings["VAE"]
+    check_results(built, script)
+
+    # A complete teacher is all later stages need: a work dir without the VAE and image-stage folders resumes too.
+    for stage in ("vae", "teacher_image", script.ABLATION[-1].temporal_dir, "evaluation"):
+        shutil.rmtree(built["work"] / stage)
+    assert script.main(built["argv"]) == 0
+    output = capsys.readouterr().out
+    assert "the VAE and teacher stages are skipped." in output and "=== VAE ===" not in output
+    assert not (built["work"] / "vae").exists()
+    assert ReferenceLCMPipeline.from_pretrained(built["work"] / script.ABLATION[-1].temporal_dir)
     check_results(built, script)
 
 
