@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -251,6 +252,8 @@ def evaluate(build: Build) -> bool:
         SpeedRun,
         evaluate_model,
         load_test_videos,
+        paired_difference,
+        teacher_student_comparisons,
         time_side_by_side,
         write_plot,
         write_report,
@@ -284,8 +287,10 @@ def evaluate(build: Build) -> bool:
          *(SpeedRun(f"student {steps}", student, steps) for steps in preset.student_eval_steps)],
         videos[0], preset.speed_repeats, build.seed,
     )
+    ablation = [row for row in rows if row["method"] in {variant.name for variant in ABLATION}]
+    comparisons = teacher_student_comparisons(rows) + [paired_difference(row, ablation[0]) for row in ablation[1:]]
     settings = {"preset": dataclasses.asdict(preset), "seed": build.seed, "test_data": str(build.test_data)}
-    write_report(rows, output_dir, settings, speed)
+    write_report(rows, output_dir, settings, speed, comparisons)
     write_plot([row for row in rows if row["method"] in ("teacher", "student")], output_dir / "quality_vs_steps.png")
     return True
 
@@ -322,9 +327,9 @@ def copy_folder(source: Path, destination: Path, entries: tuple[str, ...]) -> No
 
 def results_markdown(report: dict, timings: dict[str, float], preset: Preset, command: str) -> str:
     """The generated section from ``report.json``: Table 3 and 4 forms, the speed ratio, the targets, the timings."""
-    from referencelcm.evaluation import format_speed_table, format_table
+    from referencelcm.evaluation import format_comparison_table, format_speed_table, format_table
 
-    rows, speed = report["rows"], report.get("speed")
+    rows, speed, comparisons = report["rows"], report.get("speed"), report.get("comparisons", [])
     table3 = [row for row in rows if row["method"] in ("teacher", "student")]
     table4 = [row for row in rows if row["method"] in {variant.name for variant in ABLATION}]
     by_key = {(row["method"], row["steps"]): row for row in table3}
@@ -350,6 +355,16 @@ def results_markdown(report: dict, timings: dict[str, float], preset: Preset, co
         "",
         format_table(table4),
     ]
+    if comparisons:
+        lines += [
+            "### Paired differences, video by video",
+            "",
+            "Means over one small split move with the split far more than the difference between two methods on the "
+            "same videos, so each comparison is the mean of the per-video SSIM differences, its standard error, and "
+            "the number of videos on which the first method is better. The ablation rows are compared with plain LCD.",
+            "",
+            format_comparison_table(comparisons),
+        ]
     speed_4 = next((row for row in speed or () if row["method"] == "student 4"), None)
     if speed:
         lines += [
@@ -372,7 +387,13 @@ def results_markdown(report: dict, timings: dict[str, float], preset: Preset, co
             f"| the same from the Table-3 passes | {pass_ratio:.2f}× | |",
             f"| student 4-step SSIM / teacher {teacher_full['steps']}-step SSIM | {ssim_ratio:.4f} | ≥ 0.97 |",
         ]
-        if teacher_4:
+        paired = next((item for item in comparisons if (item["method"], item["steps"]) == ("student", 4)
+                       and (item["baseline_method"], item["baseline_steps"]) == ("teacher", 4)), None)
+        if paired:
+            error = "" if math.isnan(paired["standard_error"]) else f" ± {paired['standard_error']:.4f}"
+            lines.append(f"| student 4-step SSIM − teacher 4-step SSIM, per video | {paired['difference']:+.4f}"
+                         f"{error}, better on {paired['better']} of {paired['num_videos']} videos | > 0 |")
+        elif teacher_4:
             lines.append(f"| student 4-step SSIM − teacher 4-step SSIM | {student_4['ssim'] - teacher_4['ssim']:+.4f} | > 0 |")
         lines.append("")
     lines += ["### Build time", "", "| stage | minutes |", "|---|---:|"]

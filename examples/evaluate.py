@@ -6,7 +6,9 @@
 Writes ``report.json``, ``table.md`` (method × steps × SSIM / PSNR / L1 / flicker [/ LPIPS / FID / FVD] + seconds per
 frame), ``quality_vs_steps.png`` and side-by-side samples (reference | ground truth | generated) under ``samples/``.
 With ``--teacher``, the speed-up of the student over the teacher's most-steps setting is also timed side by side
-(``--speed_repeats`` interleaved calls on the first test video, medians) rather than from the two separate passes.
+(``--speed_repeats`` interleaved calls on the first test video, medians) rather than from the two separate passes,
+and every student row is compared with the teacher at the same steps and at its most steps video by video (SSIM
+difference ± standard error, videos on which the student is better).
 The student runs with an LCMScheduler and ``--guidance_scale`` (1: no CFG); the teacher with its own scheduler (DDIM)
 and ``--teacher_guidance_scale`` (3.5). LPIPS / FID / FVD run only when their local weight files are given.
 """
@@ -26,6 +28,7 @@ from referencelcm.evaluation import (
     SpeedRun,
     evaluate_model,
     load_test_videos,
+    teacher_student_comparisons,
     time_side_by_side,
     write_plot,
     write_report,
@@ -126,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 4. Report
     settings = {key: value for key, value in vars(args).items() if key not in ("no_progress", "threads")}
-    paths = write_report(rows, output_dir, settings, speed)
+    paths = write_report(rows, output_dir, settings, speed, teacher_student_comparisons(rows))
     plot = write_plot(rows, output_dir / "quality_vs_steps.png")
     print(paths["table"].read_text(encoding="utf-8"))
     print(f"wrote {paths['report']}, {paths['table']}" + (f", {plot}" if plot else "") + f", {output_dir / 'samples'}")

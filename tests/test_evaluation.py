@@ -22,8 +22,11 @@ from referencelcm.evaluation import (
     SpeedRun,
     evaluate_model,
     format_speed_table,
+    format_comparison_table,
     format_table,
     load_test_videos,
+    paired_difference,
+    teacher_student_comparisons,
     time_side_by_side,
     write_report,
 )
@@ -68,6 +71,9 @@ def test_evaluate_script_writes_report_table_plot_and_samples(tiny_setup):
         assert 0.0 <= row["l1"] <= 1.0
         assert 0.0 <= row["flicker"] <= 1.0 and 0.0 <= row["flicker_ground_truth"] <= 1.0
         assert math.isfinite(row["seconds_per_frame"]) and row["seconds_per_frame"] > 0
+        for key in ("ssim", "psnr", "l1", "flicker"):  # per video, in test-set order; the row holds their mean
+            assert len(row["per_video"][key]) == 2
+            assert row[key] == pytest.approx(sum(row["per_video"][key]) / 2)
         sample = Path(row["sample_video"])
         assert sample.parent == output_dir / "samples" and sample.stat().st_size > 0
     assert not list((output_dir / "samples").glob(".tmp-*"))
@@ -80,9 +86,20 @@ def test_evaluate_script_writes_report_table_plot_and_samples(tiny_setup):
         assert len(row["samples"]) == row["repeats"] == 2 and row["seconds_per_frame"] > 0
         assert row["speedup"] == pytest.approx(speed[0]["seconds_per_frame"] / row["seconds_per_frame"])
 
-    table, speed_table = (output_dir / "table.md").read_text().split("\n\n")
+    # the student at each steps against the teacher at the same steps (when run) and at its most steps, paired
+    comparisons = report["comparisons"]
+    assert [(item["method"], item["steps"], item["baseline_steps"]) for item in comparisons] == [
+        ("student", 1, 2), ("student", 2, 2)
+    ]
+    for item, row in zip(comparisons, rows[1:]):
+        assert item["metric"] == "ssim" and item["num_videos"] == 2 and 0 <= item["better"] <= 2
+        assert item["difference"] == pytest.approx(row["ssim"] - rows[0]["ssim"])
+
+    table, comparison_table, speed_table = (output_dir / "table.md").read_text().split("\n\n")
     assert table.startswith("| Method | Steps | CFG | SSIM ↑ | PSNR ↑ | L1 ↓ | Flicker (GT) | s / frame ↓ |")
     assert len(table.strip().splitlines()) == 2 + len(rows)
+    assert comparison_table.startswith("| Method | vs | metric | difference ± standard error | better on |")
+    assert len(comparison_table.strip().splitlines()) == 2 + len(comparisons)
     assert speed_table.startswith("| Method | Steps | CFG | median s / frame (2 interleaved calls) ↓ | speed-up over teacher")
     assert len(speed_table.strip().splitlines()) == 2 + len(speed)
     plot = output_dir / "quality_vs_steps.png"
@@ -253,3 +270,49 @@ def test_evaluate_model_rows_with_frechet_distances_from_a_local_network(tmp_pat
         assert math.isfinite(row["fvd"]) and row["fvd"] >= -1e-6
     header = format_table(rows).splitlines()[0]
     assert "FID ↓" in header and "FVD ↓" in header
+
+
+def _scored_row(method: str, steps: int, ssim: list[float], l1: list[float] | None = None) -> dict:
+    per_video = {"ssim": ssim, **({"l1": l1} if l1 is not None else {})}
+    return {"method": method, "steps": steps, "ssim": sum(ssim) / len(ssim), "per_video": per_video}
+
+
+def test_paired_difference_is_the_mean_per_video_difference_with_its_standard_error():
+    student = _scored_row("student", 4, [0.5, 0.6, 0.7], l1=[0.10, 0.20, 0.30])
+    teacher = _scored_row("teacher", 4, [0.4, 0.65, 0.6], l1=[0.12, 0.18, 0.35])
+    result = paired_difference(student, teacher)
+    # differences 0.1, -0.05, 0.1: mean 0.05, sample standard deviation sqrt(0.0075), three videos
+    assert result["difference"] == pytest.approx(0.05)
+    assert result["standard_error"] == pytest.approx(math.sqrt(0.0075 / 3))
+    assert (result["better"], result["num_videos"]) == (2, 3)
+    assert (result["method"], result["steps"], result["baseline_method"], result["baseline_steps"]) == (
+        "student", 4, "teacher", 4
+    )
+    # L1: lower is better, so the student wins where its difference is negative
+    assert paired_difference(student, teacher, "l1")["better"] == 2
+    assert paired_difference(teacher, student)["difference"] == pytest.approx(-0.05)
+    single = paired_difference(_scored_row("student", 4, [0.5]), _scored_row("teacher", 4, [0.4]))
+    assert single["difference"] == pytest.approx(0.1) and math.isnan(single["standard_error"])
+
+    table = format_comparison_table([result])
+    assert "| student 4 steps | teacher 4 steps | SSIM ↑ | +0.0500 ± 0.0500 | 2 of 3 videos |" in table
+
+
+def test_paired_difference_rejects_rows_it_cannot_pair():
+    student = _scored_row("student", 4, [0.5, 0.6])
+    with pytest.raises(ValueError, match="same videos"):
+        paired_difference(student, _scored_row("teacher", 4, [0.4, 0.5, 0.6]))
+    with pytest.raises(ValueError, match="`baseline`.*no per-video 'ssim'"):
+        paired_difference(student, {"method": "teacher", "steps": 4, "ssim": 0.5})
+    with pytest.raises(ValueError, match="`key` must be a metric with a direction"):
+        paired_difference(student, student, "flicker")
+    with pytest.raises(ValueError, match="nothing to tabulate"):
+        format_comparison_table([])
+
+
+def test_teacher_student_comparisons_pair_equal_steps_and_the_most_steps():
+    rows = [_scored_row("teacher", 2, [0.3, 0.4]), _scored_row("teacher", 20, [0.6, 0.7]), _scored_row("student", 1, [0.2, 0.3]),
+            _scored_row("student", 2, [0.5, 0.5]), _scored_row("plain LCD", 2, [0.1, 0.1])]
+    pairs = [(item["steps"], item["baseline_steps"]) for item in teacher_student_comparisons(rows)]
+    assert pairs == [(1, 20), (2, 2), (2, 20)]
+    assert teacher_student_comparisons([row for row in rows if row["method"] != "teacher"]) == []

@@ -3,6 +3,7 @@
 Every test video is generated from its first ``images`` frame (the reference) and the guidance maps of the remaining
 frames, and scored against those remaining ``images`` frames. ``evaluate_model`` returns one row per number of steps;
 ``write_report``, ``format_table`` and ``write_plot`` turn rows into ``report.json``, a Markdown table and a PNG;
+``paired_difference`` compares two rows video by video (mean difference, its standard error, videos won);
 ``time_side_by_side`` times several pipelines interleaved on one video, for speed ratios that one busy moment of a
 shared machine cannot skew.
 
@@ -239,6 +240,91 @@ def format_speed_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def paired_difference(row: dict[str, Any], baseline: dict[str, Any], key: str = "ssim") -> dict[str, Any]:
+    """``row − baseline`` in metric ``key``, video by video: both rows must come from the same test videos.
+
+    On a small test split the mean of one method moves with the split far more than the difference between two
+    methods on the same videos does, so a comparison is reported as the mean of the per-video differences with
+    its standard error, and the number of videos on which ``row`` is better.
+
+    Args:
+        row, baseline: :func:`evaluate_model` rows (with ``per_video``), e.g. the student and the teacher at 4 steps.
+        key: a per-video metric (``"ssim"``, ``"psnr"``, ``"l1"``, ``"lpips"``).
+
+    Returns:
+        ``method``, ``steps``, ``baseline_method``, ``baseline_steps``, ``metric``, ``difference`` (mean of
+        ``row − baseline``), ``standard_error`` (of that mean; NaN for one video), ``better`` (videos where ``row``
+        is better, in the metric's direction) and ``num_videos``.
+    """
+    directions = {column: higher for column, _, higher in METRIC_COLUMNS}
+    if directions.get(key) is None:
+        choices = [column for column, higher in directions.items() if higher is not None]
+        raise ValueError(f"`key` must be a metric with a direction, one of {choices}; got {key!r}.")
+    values = []
+    for name, source in (("row", row), ("baseline", baseline)):
+        per_video = source.get("per_video", {}).get(key)
+        if per_video is None:
+            raise ValueError(
+                f"`{name}` ({source.get('method')!r}) has no per-video {key!r} scores; pass rows of evaluate_model."
+            )
+        values.append(np.asarray(per_video, dtype=np.float64))
+    if values[0].shape != values[1].shape:
+        raise ValueError(
+            f"`row` and `baseline` must score the same videos; got {values[0].size} and {values[1].size} videos."
+        )
+    differences = values[0] - values[1]
+    standard_error = float(differences.std(ddof=1) / math.sqrt(differences.size)) if differences.size > 1 else math.nan
+    better = differences > 0 if directions[key] else differences < 0
+    return {
+        "method": row["method"],
+        "steps": row["steps"],
+        "baseline_method": baseline["method"],
+        "baseline_steps": baseline["steps"],
+        "metric": key,
+        "difference": float(differences.mean()),
+        "standard_error": standard_error,
+        "better": int(better.sum()),
+        "num_videos": int(differences.size),
+    }
+
+
+def format_comparison_table(comparisons: Sequence[dict[str, Any]]) -> str:
+    """A Markdown table of :func:`paired_difference` results: difference ± standard error, videos won."""
+    if not comparisons:
+        raise ValueError("`comparisons` is empty: nothing to tabulate.")
+    headers = {key: header for key, header, _ in METRIC_COLUMNS}
+    lines = [
+        "| Method | vs | metric | difference ± standard error | better on |",
+        "|---|---|---|---:|---:|",
+    ]
+    for item in comparisons:
+        key = item["metric"]
+        error = "" if math.isnan(item["standard_error"]) else f" ± {_format_value(item['standard_error'], key)}"
+        difference = _format_value(item["difference"], key)
+        lines.append(
+            f"| {item['method']} {item['steps']} steps | {item['baseline_method']} {item['baseline_steps']} steps | "
+            f"{headers[key]} | {'+' if item['difference'] >= 0 else ''}{difference}{error} | "
+            f"{item['better']} of {item['num_videos']} videos |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def teacher_student_comparisons(rows: Sequence[dict[str, Any]], key: str = "ssim") -> list[dict[str, Any]]:
+    """Every ``"student"`` row against the ``"teacher"`` row of the same steps and the teacher's most-steps row."""
+    teachers = {row["steps"]: row for row in rows if row["method"] == "teacher"}
+    if not teachers:
+        return []
+    most_steps = max(teachers)
+    comparisons = []
+    for row in rows:
+        if row["method"] != "student":
+            continue
+        for steps in dict.fromkeys((row["steps"], most_steps)):
+            if steps in teachers:
+                comparisons.append(paired_difference(row, teachers[steps], key))
+    return comparisons
+
+
 def evaluate_model(
     pipe: Any,
     data_dir: str | os.PathLike | None,
@@ -278,7 +364,8 @@ def evaluate_model(
     Returns:
         One dict per entry of ``steps``: ``method``, ``steps``, ``guidance_scale``, ``num_videos``, ``num_frames``,
         the means over videos of ``ssim``, ``psnr``, ``l1``, ``flicker``, ``flicker_ground_truth`` (and ``lpips``),
-        ``fid`` / ``fvd`` over all frames / videos when given, ``seconds_per_frame`` and ``sample_video``.
+        ``fid`` / ``fvd`` over all frames / videos when given, ``seconds_per_frame``, ``sample_video`` and
+        ``per_video``: ``{metric: [one value per video, in videos order]}``.
     """
     if not steps:
         raise ValueError("`steps` must name at least one number of inference steps.")
@@ -319,6 +406,8 @@ def evaluate_model(
             **{key: float(np.mean([score[key] for score in scores])) for key in scores[0]},
             "seconds_per_frame": total_seconds / total_frames,
             "sample_video": sample_video,
+            # in ``videos`` order, for comparisons paired video by video (:func:`paired_difference`)
+            "per_video": {key: [float(score[key]) for score in scores] for key in scores[0]},
         }
         row.update(_frechet_scores(metrics))
         rows.append(row)
@@ -436,11 +525,16 @@ def write_report(
     output_dir: str | os.PathLike,
     settings: dict[str, Any] | None = None,
     speed: Sequence[dict[str, Any]] | None = None,
+    comparisons: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Path]:
-    """Write ``report.json`` (settings, rows and the :func:`time_side_by_side` ``speed`` rows) and ``table.md``."""
+    """Write ``report.json`` (settings, rows, :func:`paired_difference` ``comparisons`` and the
+    :func:`time_side_by_side` ``speed`` rows) and ``table.md``."""
     output_dir = Path(output_dir)
     report = {"settings": settings or {}, "rows": list(rows)}
     table = format_table(rows)
+    if comparisons:
+        report["comparisons"] = list(comparisons)
+        table += "\n" + format_comparison_table(comparisons)
     if speed:
         report["speed"] = list(speed)
         table += "\n" + format_speed_table(speed)

@@ -56,6 +56,10 @@ def check_results(built: dict, script) -> None:
     assert "| teacher | 2 | 3.5 |" in text and "| student | 1 | 1 |" in text
     speed = text.split("### Speed, side by side", 1)[1]  # timed interleaved, one row per student setting
     assert "(1 interleaved calls)" in speed and "| student 1 | 1 | 1 |" in speed and "| student 2 | 2 | 1 |" in speed
+    paired = text.split("### Paired differences, video by video", 1)[1].split("###", 1)[0]
+    assert "| student 1 steps | teacher 2 steps | SSIM ↑ |" in paired
+    assert f"| {script.ABLATION[-1].name} 2 steps | {script.ABLATION[0].name} 2 steps | SSIM ↑ |" in paired
+    assert paired.count(" of 1 videos |") == 2 + len(script.ABLATION) - 1
     assert "| **total** |" in text
 
 
