@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -327,7 +326,12 @@ def copy_folder(source: Path, destination: Path, entries: tuple[str, ...]) -> No
 
 def results_markdown(report: dict, timings: dict[str, float], preset: Preset, command: str) -> str:
     """The generated section from ``report.json``: Table 3 and 4 forms, the speed ratio, the targets, the timings."""
-    from referencelcm.evaluation import format_comparison_table, format_speed_table, format_table
+    from referencelcm.evaluation import (
+        format_comparison_table,
+        format_difference,
+        format_speed_table,
+        format_table,
+    )
 
     rows, speed, comparisons = report["rows"], report.get("speed"), report.get("comparisons", [])
     table3 = [row for row in rows if row["method"] in ("teacher", "student")]
@@ -390,9 +394,8 @@ def results_markdown(report: dict, timings: dict[str, float], preset: Preset, co
         paired = next((item for item in comparisons if (item["method"], item["steps"]) == ("student", 4)
                        and (item["baseline_method"], item["baseline_steps"]) == ("teacher", 4)), None)
         if paired:
-            error = "" if math.isnan(paired["standard_error"]) else f" ± {paired['standard_error']:.4f}"
-            lines.append(f"| student 4-step SSIM − teacher 4-step SSIM, per video | {paired['difference']:+.4f}"
-                         f"{error}, better on {paired['better']} of {paired['num_videos']} videos | > 0 |")
+            lines.append(f"| student 4-step SSIM − teacher 4-step SSIM, per video | {format_difference(paired)}, "
+                         f"better on {paired['better']} of {paired['num_videos']} videos | > 0 |")
         elif teacher_4:
             lines.append(f"| student 4-step SSIM − teacher 4-step SSIM | {student_4['ssim'] - teacher_4['ssim']:+.4f} | > 0 |")
         lines.append("")

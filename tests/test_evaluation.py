@@ -23,6 +23,7 @@ from referencelcm.evaluation import (
     evaluate_model,
     format_speed_table,
     format_comparison_table,
+    format_difference,
     format_table,
     load_test_videos,
     paired_difference,
@@ -293,6 +294,8 @@ def test_paired_difference_is_the_mean_per_video_difference_with_its_standard_er
     assert paired_difference(teacher, student)["difference"] == pytest.approx(-0.05)
     single = paired_difference(_scored_row("student", 4, [0.5]), _scored_row("teacher", 4, [0.4]))
     assert single["difference"] == pytest.approx(0.1) and math.isnan(single["standard_error"])
+    assert format_difference(single) == "+0.1000" and format_difference(result) == "+0.0500 ± 0.0500"
+    assert format_difference(paired_difference(teacher, student)) == "-0.0500 ± 0.0500"
 
     table = format_comparison_table([result])
     assert "| student 4 steps | teacher 4 steps | SSIM ↑ | +0.0500 ± 0.0500 | 2 of 3 videos |" in table

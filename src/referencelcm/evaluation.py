@@ -288,6 +288,16 @@ def paired_difference(row: dict[str, Any], baseline: dict[str, Any], key: str = 
     }
 
 
+def format_difference(comparison: dict[str, Any]) -> str:
+    """One :func:`paired_difference` result as ``"+0.0064 ± 0.0082"`` (no ``±`` part for a single video)."""
+    key = comparison["metric"]
+    sign = "+" if comparison["difference"] >= 0 else ""
+    text = sign + _format_value(comparison["difference"], key)
+    if not math.isnan(comparison["standard_error"]):
+        text += f" ± {_format_value(comparison['standard_error'], key)}"
+    return text
+
+
 def format_comparison_table(comparisons: Sequence[dict[str, Any]]) -> str:
     """A Markdown table of :func:`paired_difference` results: difference ± standard error, videos won."""
     if not comparisons:
@@ -298,13 +308,9 @@ def format_comparison_table(comparisons: Sequence[dict[str, Any]]) -> str:
         "|---|---|---|---:|---:|",
     ]
     for item in comparisons:
-        key = item["metric"]
-        error = "" if math.isnan(item["standard_error"]) else f" ± {_format_value(item['standard_error'], key)}"
-        difference = _format_value(item["difference"], key)
         lines.append(
             f"| {item['method']} {item['steps']} steps | {item['baseline_method']} {item['baseline_steps']} steps | "
-            f"{headers[key]} | {'+' if item['difference'] >= 0 else ''}{difference}{error} | "
-            f"{item['better']} of {item['num_videos']} videos |"
+            f"{headers[item['metric']]} | {format_difference(item)} | {item['better']} of {item['num_videos']} videos |"
         )
     return "\n".join(lines) + "\n"
 
