@@ -55,6 +55,7 @@ from referencelcm.training.export import (
     student_pipeline,
     validation_samples,
 )
+from referencelcm.training.tracking import trackers
 from referencelcm.training.unets import motion_unet_with_spatial_weights, spatial_unet_from_motion
 
 logger = get_logger(__name__)
@@ -185,11 +186,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
 
     # 1. Accelerator, logging, seed
+    logging_dir = os.path.join(args.output_dir, args.logging_dir)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(args.output_dir, logging_dir=os.path.join(args.output_dir, args.logging_dir)),
+        log_with=trackers(args.report_to, logging_dir, "cosec-lcd"),
+        project_config=ProjectConfiguration(args.output_dir, logging_dir=logging_dir),
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed)

@@ -24,6 +24,7 @@ from referencelcm.models.injection import install_guidance_injection
 from referencelcm.models.reference_attention import install_reference_attention
 from referencelcm.training.checkpointing import check_finite_loss
 from referencelcm.training.export import load_lora_into_pipeline
+from referencelcm.training.tracking import read_metrics
 from referencelcm.training.unets import spatial_unet_from_motion
 
 from ..conftest import build_components, make_inputs
@@ -88,6 +89,10 @@ def test_spatial_phase_writes_a_complete_student_pipeline(spatial_output: Path):
     assert (spatial_output / "checkpoint-2" / "ema_target_unet.safetensors").is_file()
     assert (spatial_output / "validation" / "step-2" / "sample-0.gif").is_file()
     assert not [entry for entry in os.listdir(spatial_output) if entry.startswith(".tmp")]
+    # --report_to none still leaves every loss term in logs/metrics.jsonl (the shared metrics-file tracker).
+    records = read_metrics(spatial_output / "logs")
+    assert [record["step"] for record in records] == [1, 2]
+    assert {"consistency", "eta", "cons", "spatial_regulariser"} <= set(records[0])
     frames = generate_two_frames(spatial_output)
     assert frames.shape == (2, 32, 32, 3) and np.isfinite(frames).all()
 
@@ -165,4 +170,6 @@ def test_diverging_run_stops_with_the_step_and_leaves_only_complete_checkpoints(
     with pytest.raises(FloatingPointError, match="at step 2"):
         script.main(args)
     output = workspace / "diverging"
-    assert sorted(os.listdir(output)) == ["checkpoint-1"]  # no temporary folders, no half-written pipeline
+    # no temporary folders, no half-written pipeline; the metrics log keeps the steps that ran
+    assert sorted(os.listdir(output)) == ["checkpoint-1", "logs"]
+    assert [record["step"] for record in read_metrics(output / "logs")] == [1]
