@@ -34,6 +34,8 @@ EXAMPLES = REPOSITORY_ROOT / "examples"
 RESULTS_BEGIN = "<!-- build_default_model: begin (generated; edit the script, not this section) -->"
 RESULTS_END = "<!-- build_default_model: end -->"
 # What a pipeline folder needs at inference; training leftovers (checkpoints, logs, validation videos) stay behind.
+# Timing names of the stages that train the teacher; a work dir resumed from a finished teacher has none of them.
+TEACHER_STAGES = ("VAE", "teacher, image stage", "teacher, video stage")
 SHIPPED_ENTRIES = ("model_index.json", "README.md", "vae", "image_encoder", "feature_extractor", "reference_unet",
                    "denoising_unet", "guidance_encoder", "scheduler")
 
@@ -218,11 +220,11 @@ def train_teacher(build: Build) -> None:
     if is_complete(teacher):  # the VAE and image-stage folders are only inputs to the teacher: not needed any more
         print(f"\n{teacher} is complete; the VAE and teacher stages are skipped.")
         return
-    build.timed("VAE", run_script, build, "train_teacher.py", vae, preset.vae,
+    build.timed(TEACHER_STAGES[0], run_script, build, "train_teacher.py", vae, preset.vae,
                 ["--stage", "vae", "--model_config", str(config_path)])
-    build.timed("teacher, image stage", run_script, build, "train_teacher.py", image, preset.teacher_image,
+    build.timed(TEACHER_STAGES[1], run_script, build, "train_teacher.py", image, preset.teacher_image,
                 ["--stage", "image", "--pretrained_model", str(vae)])
-    build.timed("teacher, video stage", run_script, build, "train_teacher.py", teacher, preset.teacher_video,
+    build.timed(TEACHER_STAGES[2], run_script, build, "train_teacher.py", teacher, preset.teacher_video,
                 ["--stage", "video", "--pretrained_model", str(image), "--num_frames", str(preset.clip_frames)])
 
 
@@ -400,7 +402,7 @@ def results_markdown(report: dict, timings: dict[str, float], preset: Preset, co
             lines.append(f"| student 4-step SSIM − teacher 4-step SSIM | {student_4['ssim'] - teacher_4['ssim']:+.4f} | > 0 |")
         lines.append("")
     lines += ["### Build time", ""]
-    if "teacher, image stage" not in timings:
+    if not any(stage in timings for stage in TEACHER_STAGES):
         lines += ["This work dir was resumed from a finished `teacher/`, so the VAE and teacher stages did not run in "
                   "it; the table times the stages that did, and its total is theirs alone.", ""]
     lines += ["| stage | minutes |", "|---|---:|"]

@@ -15,7 +15,6 @@ from . import load_example
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "examples" / "build_default_model.py"
-TEACHER_STAGES = ("VAE", "teacher, image stage", "teacher, video stage")
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +73,7 @@ def test_smoke_build_ships_models_demo_and_tables_then_resumes(script, tmp_path,
     timings = json.loads((built["work"] / "timings.json").read_text())
     # A build resumed from a finished teacher has no teacher timings: the section says its total leaves them out.
     report = json.loads((built["work"] / "evaluation" / "report.json").read_text())
-    without_teacher = {name: seconds for name, seconds in timings.items() if name not in TEACHER_STAGES}
+    without_teacher = {name: seconds for name, seconds in timings.items() if name not in script.TEACHER_STAGES}
     resumed_note = "resumed from a finished `teacher/`"
     assert resumed_note in script.results_markdown(report, without_teacher, script.PRESETS["smoke"], "build")
     assert resumed_note not in script.results_markdown(report, timings, script.PRESETS["smoke"], "build")
