@@ -319,3 +319,9 @@ def test_teacher_student_comparisons_pair_equal_steps_and_the_most_steps():
     pairs = [(item["steps"], item["baseline_steps"]) for item in teacher_student_comparisons(rows)]
     assert pairs == [(1, 20), (2, 2), (2, 20)]
     assert teacher_student_comparisons([row for row in rows if row["method"] != "teacher"]) == []
+    # A second teacher pass (another CFG scale) is paired on its own, by its method label.
+    rows.append(_scored_row("teacher, CFG 1.5", 2, [0.45, 0.45]))
+    matched = teacher_student_comparisons(rows, teacher="teacher, CFG 1.5")
+    assert [(item["steps"], item["baseline_method"], item["baseline_steps"]) for item in matched] == [
+        (1, "teacher, CFG 1.5", 2), (2, "teacher, CFG 1.5", 2)]
+    assert matched[1]["difference"] == pytest.approx(0.05)

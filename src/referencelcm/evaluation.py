@@ -315,9 +315,14 @@ def format_comparison_table(comparisons: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def teacher_student_comparisons(rows: Sequence[dict[str, Any]], key: str = "ssim") -> list[dict[str, Any]]:
-    """Every ``"student"`` row against the ``"teacher"`` row of the same steps and the teacher's most-steps row."""
-    teachers = {row["steps"]: row for row in rows if row["method"] == "teacher"}
+def teacher_student_comparisons(
+    rows: Sequence[dict[str, Any]], key: str = "ssim", teacher: str = "teacher"
+) -> list[dict[str, Any]]:
+    """Every ``"student"`` row against the ``teacher`` row of the same steps and the teacher's most-steps row.
+
+    ``teacher`` is the method label of the baseline rows, e.g. a second teacher pass at another CFG scale.
+    """
+    teachers = {row["steps"]: row for row in rows if row["method"] == teacher}
     if not teachers:
         return []
     most_steps = max(teachers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -54,12 +55,16 @@ def check_results(built: dict, script) -> None:
     for variant in script.ABLATION:
         assert f"| {variant.name} | 2 |" in text
     assert "| teacher | 2 | 3.5 |" in text and "| student | 1 | 1 |" in text
+    # The teacher again at the ω the student was distilled with: the like-for-like baseline beside Champ's CFG.
+    matched = script.PRESETS["smoke"].distillation_guidance_scale
+    assert f"| {script.MATCHED_TEACHER} | 2 | {matched:g} |" in text
     speed = text.split("### Speed, side by side", 1)[1]  # timed interleaved, one row per student setting
     assert "(1 interleaved calls)" in speed and "| student 1 | 1 | 1 |" in speed and "| student 2 | 2 | 1 |" in speed
     paired = text.split("### Paired differences, video by video", 1)[1].split("###", 1)[0]
     assert "| student 1 steps | teacher 2 steps | SSIM ↑ |" in paired
     assert f"| {script.ABLATION[-1].name} 2 steps | {script.ABLATION[0].name} 2 steps | SSIM ↑ |" in paired
-    assert paired.count(" of 1 videos |") == 2 + len(script.ABLATION) - 1
+    assert f"| student 2 steps | {script.MATCHED_TEACHER} 2 steps | SSIM ↑ |" in paired
+    assert paired.count(" of 1 videos |") == 2 + 2 + len(script.ABLATION) - 1
     assert "| **total** |" in text
 
 
@@ -87,18 +92,25 @@ def test_smoke_build_ships_models_demo_and_tables_then_resumes(script, tmp_path,
     check_results(built, script)
 
     # A complete teacher is all later stages need: a work dir without the VAE and image-stage folders resumes too.
-    for stage in ("vae", "teacher_image", script.ABLATION[-1].temporal_dir, "evaluation"):
-        shutil.rmtree(built["work"] / stage)
+    build = script.Build(script.PRESETS["smoke"], built["work"], seed=0)
+    for stage in (build.stage_dir("vae"), build.stage_dir("teacher_image"), build.temporal_dir(script.ABLATION[-1]),
+                  build.stage_dir("evaluation")):
+        shutil.rmtree(stage)
     assert script.main(built["argv"]) == 0
     output = capsys.readouterr().out
     assert "the VAE and teacher stages are skipped." in output and "=== VAE ===" not in output
     assert not (built["work"] / "vae").exists()
-    assert ReferenceLCMPipeline.from_pretrained(built["work"] / script.ABLATION[-1].temporal_dir)
+    assert ReferenceLCMPipeline.from_pretrained(build.temporal_dir(script.ABLATION[-1]))
     check_results(built, script)
 
 
-def test_ablation_rows_differ_only_in_regulariser_weights(script):
+def test_ablation_rows_differ_only_in_regulariser_weights(script, tmp_path):
     full = script.ABLATION[-1]
     assert (full.eta_weight, full.cons_weight, full.temporal_eta_weight) == (0.1, 0.02, 0.05)  # appendix C
     assert script.ABLATION[0].eta_weight == script.ABLATION[0].cons_weight == script.ABLATION[0].temporal_eta_weight == 0
-    assert len({variant.temporal_dir for variant in script.ABLATION}) == len(script.ABLATION)
+    build = script.Build(script.PRESETS["default"], tmp_path, seed=0)
+    assert len({build.temporal_dir(variant) for variant in script.ABLATION}) == len(script.ABLATION)
+    # The folders name the distillation ω too: a build resumed after ω changed retrains instead of reusing them.
+    other = script.Build(dataclasses.replace(build.preset, distillation_guidance_scale=2.5), tmp_path, seed=0)
+    assert {build.spatial_dir(variant) for variant in script.ABLATION}.isdisjoint(
+        other.spatial_dir(variant) for variant in script.ABLATION)
