@@ -101,6 +101,10 @@ def test_smoke_build_ships_models_demo_and_tables_then_resumes(script, tmp_path,
     assert "the VAE and teacher stages are skipped." in output and "=== VAE ===" not in output
     assert not (built["work"] / "vae").exists()
     assert ReferenceLCMPipeline.from_pretrained(build.temporal_dir(script.ABLATION[-1]))
+    # Both phases ran at the preset's distillation ω (each run logs its arguments).
+    for folder in (build.spatial_dir(script.ABLATION[-1]), build.temporal_dir(script.ABLATION[-1])):
+        logged = json.loads((folder / "logs" / "config.json").read_text())
+        assert logged["guidance_scale"] == build.preset.distillation_guidance_scale, folder
     check_results(built, script)
 
 
