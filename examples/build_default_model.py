@@ -37,6 +37,8 @@ RESULTS_END = "<!-- build_default_model: end -->"
 TEACHER_STAGES = ("VAE", "teacher, image stage", "teacher, video stage")
 # The label of the teacher's rows at the distillation's CFG ω (Preset.distillation_guidance_scale).
 MATCHED_TEACHER = "teacher at the distillation ω"
+# The methods of the Table-3 form (and of the quality-vs-steps plot), in table order.
+TABLE3_METHODS = ("teacher", MATCHED_TEACHER, "student")
 # What a pipeline folder needs at inference; training leftovers (checkpoints, logs, validation videos) stay behind.
 SHIPPED_ENTRIES = ("model_index.json", "README.md", "vae", "image_encoder", "feature_extractor", "reference_unet",
                    "denoising_unet", "guidance_encoder", "scheduler")
@@ -307,8 +309,7 @@ def evaluate(build: Build) -> bool:
                    + [paired_difference(row, ablation[0]) for row in ablation[1:]])
     settings = {"preset": dataclasses.asdict(preset), "seed": build.seed, "test_data": str(build.test_data)}
     write_report(rows, output_dir, settings, speed, comparisons)
-    write_plot([row for row in rows if row["method"] in ("teacher", MATCHED_TEACHER, "student")],
-               output_dir / "quality_vs_steps.png")
+    write_plot([row for row in rows if row["method"] in TABLE3_METHODS], output_dir / "quality_vs_steps.png")
     return True
 
 
@@ -352,7 +353,7 @@ def results_markdown(report: dict, timings: dict[str, float], preset: Preset, co
     )
 
     rows, speed, comparisons = report["rows"], report.get("speed"), report.get("comparisons", [])
-    table3 = [row for row in rows if row["method"] in ("teacher", MATCHED_TEACHER, "student")]
+    table3 = [row for row in rows if row["method"] in TABLE3_METHODS]
     table4 = [row for row in rows if row["method"] in {variant.name for variant in ABLATION}]
     by_key = {(row["method"], row["steps"]): row for row in table3}
     teacher_full = by_key.get(("teacher", max(preset.teacher_eval_steps)))
