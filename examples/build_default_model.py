@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -37,8 +38,13 @@ RESULTS_END = "<!-- build_default_model: end -->"
 TEACHER_STAGES = ("VAE", "teacher, image stage", "teacher, video stage")
 # The label of the teacher's rows at the distillation's CFG ω (Preset.distillation_guidance_scale).
 MATCHED_TEACHER = "teacher at the distillation ω"
+# The label of the teacher's D-UNet sampled with the student's LCMScheduler at that ω: no distillation at all, the
+# baseline that shows what the distillation itself adds at the student's step counts.
+UNDISTILLED_TEACHER = "teacher, LCM sampler (undistilled)"
 # The methods of the Table-3 form (and of the quality-vs-steps plot), in table order.
-TABLE3_METHODS = ("teacher", MATCHED_TEACHER, "student")
+TABLE3_METHODS = ("teacher", MATCHED_TEACHER, UNDISTILLED_TEACHER, "student")
+# Arguments that change how a run saves, not what it learns: a resumed build may pass other values.
+BOOKKEEPING_ARGUMENTS = frozenset({"checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint"})
 # What a pipeline folder needs at inference; training leftovers (checkpoints, logs, validation videos) stay behind.
 SHIPPED_ENTRIES = ("model_index.json", "README.md", "vae", "image_encoder", "feature_extractor", "reference_unet",
                    "denoising_unet", "guidance_encoder", "scheduler")
@@ -138,6 +144,7 @@ class Build:
     work_dir: Path
     seed: int
     timings: dict[str, float] = field(default_factory=dict)
+    trained: list[str] = field(default_factory=list)  # the stage folders this invocation trained
 
     @property
     def train_data(self) -> Path:
@@ -210,18 +217,43 @@ def generate_data(build: Build) -> None:
 
 def run_script(build: Build, script: str, output: Path, settings: dict, extra: list[str]) -> bool:
     """``python examples/<script> …`` into ``output`` unless it is complete; resumes from its latest checkpoint."""
-    if is_complete(output):
-        print(f"{output} is complete; skipped.")
-        return False
     argv = [sys.executable, str(EXAMPLES / script), "--train_data_dir", str(build.train_data),
             "--output_dir", str(output), "--resolution", str(build.preset.resolution), "--seed", str(build.seed),
             "--report_to", "none", "--checkpointing_steps", str(build.preset.checkpointing_steps),
             "--checkpoints_total_limit", "1", "--resume_from_checkpoint", "latest", *extra]
     for name, value in settings.items():
         argv += [f"--{name}", str(value)]
+    if is_complete(output):
+        check_logged_arguments(output, argv[2:])
+        print(f"{output} is complete; skipped.")
+        return False
     print("+ " + " ".join(argv[1:]), flush=True)
     subprocess.run(argv, check=True)
+    build.trained.append(output.name)
     return True
+
+
+def check_logged_arguments(output: Path, arguments: list[str]) -> None:
+    """Refuse a complete stage folder whose run logged other numeric settings than ``arguments`` (``--name value``
+    pairs) ask for: the preset changed since, and reusing the folder would ship and score a stale model."""
+    logged_path = output / "logs" / "config.json"
+    if not logged_path.is_file():  # e.g. a shipped teacher copied in to resume from: nothing to compare with
+        return
+    logged = json.loads(logged_path.read_text())
+    differences = []
+    for flag, value in zip(arguments[::2], arguments[1::2]):
+        name = flag.removeprefix("--")
+        if name in BOOKKEEPING_ARGUMENTS or logged.get(name) is None:
+            continue
+        try:
+            requested, used = float(value), float(logged[name])
+        except (TypeError, ValueError):  # paths and names: a moved work dir must still resume
+            continue
+        if not math.isclose(requested, used, rel_tol=1e-9):
+            differences.append(f"{name}={logged[name]} (asked: {value})")
+    if differences:
+        raise SystemExit(f"{output} is complete but was trained with {', '.join(differences)}. Delete that folder "
+                         "(and the stages after it), or pass another --work_dir, to train it with these settings.")
 
 
 def train_teacher(build: Build) -> None:
@@ -261,6 +293,7 @@ def distill(build: Build) -> None:
 def evaluate(build: Build) -> bool:
     """Table 3 (teacher vs student over steps) and Table 4 (ablation) on the test split, in one process."""
     import torch
+    from diffusers import LCMScheduler
 
     from referencelcm import ReferenceLCMPipeline
     from referencelcm.evaluation import (
@@ -276,8 +309,10 @@ def evaluate(build: Build) -> bool:
 
     output_dir = build.stage_dir("evaluation")
     if (output_dir / "report.json").is_file():
-        print(f"{output_dir / 'report.json'} exists; skipped.")
-        return False
+        if not build.trained:
+            print(f"{output_dir / 'report.json'} exists; skipped.")
+            return False
+        print(f"{output_dir / 'report.json'} exists, but {', '.join(build.trained)} trained in this run: re-evaluating.")
     preset = build.preset
     torch.manual_seed(build.seed)
 
@@ -294,6 +329,10 @@ def evaluate(build: Build) -> bool:
     rows += evaluate_model(teacher, None, preset.matched_teacher_eval_steps, preset.distillation_guidance_scale,
                            MATCHED_TEACHER, **common)
     student = load(build.temporal_dir(ABLATION[-1]))
+    undistilled = load(build.stage_dir("teacher"))
+    undistilled.scheduler = LCMScheduler.from_config(student.scheduler.config)
+    rows += evaluate_model(undistilled, None, preset.student_eval_steps, preset.distillation_guidance_scale,
+                           UNDISTILLED_TEACHER, **common)
     rows += evaluate_model(student, None, preset.student_eval_steps, 1.0, "student", **common)
     for variant in ABLATION:
         rows += evaluate_model(load(build.temporal_dir(variant)), None, [preset.ablation_eval_steps], 1.0,
@@ -305,8 +344,9 @@ def evaluate(build: Build) -> bool:
         videos[0], preset.speed_repeats, build.seed,
     )
     ablation = [row for row in rows if row["method"] in {variant.name for variant in ABLATION}]
-    comparisons = (teacher_student_comparisons(rows) + teacher_student_comparisons(rows, teacher=MATCHED_TEACHER)
-                   + [paired_difference(row, ablation[0]) for row in ablation[1:]])
+    comparisons = [item for teacher_label in ("teacher", MATCHED_TEACHER, UNDISTILLED_TEACHER)
+                   for item in teacher_student_comparisons(rows, teacher=teacher_label)]
+    comparisons += [paired_difference(row, ablation[0]) for row in ablation[1:]]
     settings = {"preset": dataclasses.asdict(preset), "seed": build.seed, "test_data": str(build.test_data)}
     write_report(rows, output_dir, settings, speed, comparisons)
     write_plot([row for row in rows if row["method"] in TABLE3_METHODS], output_dir / "quality_vs_steps.png")
@@ -372,7 +412,9 @@ def results_markdown(report: dict, timings: dict[str, float], preset: Preset, co
         "",
         f"The teacher runs at Champ's CFG {preset.teacher_guidance_scale:g} (`teacher`, the baseline of the targets) "
         f"and at the CFG ω = {preset.distillation_guidance_scale:g} that both distillation phases follow "
-        f"(`{MATCHED_TEACHER}`): the guided ODE the student learnt, its like-for-like baseline.",
+        f"(`{MATCHED_TEACHER}`): the guided ODE the student learnt, its like-for-like baseline. "
+        f"`{UNDISTILLED_TEACHER}` is the teacher's D-UNet, not distilled at all, sampled at that ω with the "
+        "student's LCMScheduler: what the distillation adds is the student's lead over it.",
         "",
         format_table(table3),
         f"### Table 4 form: ablation, {preset.ablation_eval_steps} steps, same budget and seed",
@@ -420,11 +462,12 @@ def results_markdown(report: dict, timings: dict[str, float], preset: Preset, co
                          f"better on {paired['better']} of {paired['num_videos']} videos | > 0 |")
         elif teacher_4:
             lines.append(f"| student 4-step SSIM − teacher 4-step SSIM | {student_4['ssim'] - teacher_4['ssim']:+.4f} | > 0 |")
-        matched = student_4_against(comparisons, MATCHED_TEACHER)
-        if matched:
-            lines.append(f"| the same against the {MATCHED_TEACHER} (CFG {preset.distillation_guidance_scale:g}), "
-                         f"per video | {format_difference(matched)}, better on {matched['better']} of "
-                         f"{matched['num_videos']} videos | |")
+        for label in (MATCHED_TEACHER, UNDISTILLED_TEACHER):
+            matched = student_4_against(comparisons, label)
+            if matched:
+                lines.append(f"| the same against the {label} (CFG {preset.distillation_guidance_scale:g}), "
+                             f"per video | {format_difference(matched)}, better on {matched['better']} of "
+                             f"{matched['num_videos']} videos | |")
         lines.append("")
     lines += ["### Build time", ""]
     if not any(stage in timings for stage in TEACHER_STAGES):

@@ -58,17 +58,21 @@ def check_results(built: dict, script) -> None:
     # The teacher again at the ω the student was distilled with: the like-for-like baseline beside Champ's CFG.
     matched = script.PRESETS["smoke"].distillation_guidance_scale
     assert f"| {script.MATCHED_TEACHER} | 2 | {matched:g} |" in text
+    # The teacher's own D-UNet with the student's LCM sampler at the student's step counts: no distillation at all.
+    assert f"| {script.UNDISTILLED_TEACHER} | 1 | {matched:g} |" in text
     speed = text.split("### Speed, side by side", 1)[1]  # timed interleaved, one row per student setting
     assert "(1 interleaved calls)" in speed and "| student 1 | 1 | 1 |" in speed and "| student 2 | 2 | 1 |" in speed
     paired = text.split("### Paired differences, video by video", 1)[1].split("###", 1)[0]
     assert "| student 1 steps | teacher 2 steps | SSIM ↑ |" in paired
     assert f"| {script.ABLATION[-1].name} 2 steps | {script.ABLATION[0].name} 2 steps | SSIM ↑ |" in paired
     assert f"| student 2 steps | {script.MATCHED_TEACHER} 2 steps | SSIM ↑ |" in paired
-    assert paired.count(" of 1 videos |") == 2 + 2 + len(script.ABLATION) - 1
+    assert f"| student 1 steps | {script.UNDISTILLED_TEACHER} 1 steps | SSIM ↑ |" in paired
+    # teacher: student 1, 2 vs 2 steps; matched: the same; undistilled: 1 vs 1 and 2, 2 vs 2; ablation vs plain LCD
+    assert paired.count(" of 1 videos |") == 2 + 2 + 3 + len(script.ABLATION) - 1
     assert "| **total** |" in text
 
 
-def test_smoke_build_ships_models_demo_and_tables_then_resumes(script, tmp_path, capsys):
+def test_smoke_build_ships_models_demo_and_tables_then_resumes(script, tmp_path, capsys, monkeypatch):
     """One test, so that pytest-xdist builds once: ship, then a rerun skips every complete stage."""
     built = run_smoke_build(script, tmp_path)
     check_shipped_models(built)
@@ -92,13 +96,16 @@ def test_smoke_build_ships_models_demo_and_tables_then_resumes(script, tmp_path,
     check_results(built, script)
 
     # A complete teacher is all later stages need: a work dir without the VAE and image-stage folders resumes too.
+    # The retrained student makes the existing evaluation stale, so it runs again.
     build = script.Build(script.PRESETS["smoke"], built["work"], seed=0)
-    for stage in (build.stage_dir("vae"), build.stage_dir("teacher_image"), build.temporal_dir(script.ABLATION[-1]),
-                  build.stage_dir("evaluation")):
+    for stage in (build.stage_dir("vae"), build.stage_dir("teacher_image"), build.temporal_dir(script.ABLATION[-1])):
         shutil.rmtree(stage)
+    report_before = (built["work"] / "evaluation" / "report.json").stat().st_mtime_ns
     assert script.main(built["argv"]) == 0
     output = capsys.readouterr().out
     assert "the VAE and teacher stages are skipped." in output and "=== VAE ===" not in output
+    assert f"{build.temporal_dir(script.ABLATION[-1]).name} trained in this run: re-evaluating." in output
+    assert (built["work"] / "evaluation" / "report.json").stat().st_mtime_ns != report_before
     assert not (built["work"] / "vae").exists()
     assert ReferenceLCMPipeline.from_pretrained(build.temporal_dir(script.ABLATION[-1]))
     # Both phases ran at the preset's distillation ω (each run logs its arguments).
@@ -106,6 +113,17 @@ def test_smoke_build_ships_models_demo_and_tables_then_resumes(script, tmp_path,
         logged = json.loads((folder / "logs" / "config.json").read_text())
         assert logged["guidance_scale"] == build.preset.distillation_guidance_scale, folder
     check_results(built, script)
+
+    # A preset changed since a folder was trained (here the spatial learning rate) stops the build instead of
+    # shipping and scoring the stale student; nothing is retrained or overwritten.
+    smoke = script.PRESETS["smoke"]
+    changed = dataclasses.replace(smoke, spatial={**smoke.spatial, "learning_rate": 3e-4})
+    monkeypatch.setitem(script.PRESETS, "smoke", changed)
+    with pytest.raises(SystemExit, match=r"spatial_w1\.5_eta0_cons0 is complete but was trained with "
+                                         r"learning_rate=0\.0001 \(asked: 0\.0003\)"):
+        script.main(built["argv"])
+    assert json.loads((build.spatial_dir(script.ABLATION[0]) / "logs" / "config.json").read_text())[
+        "learning_rate"] == smoke.spatial["learning_rate"]
 
 
 def test_ablation_rows_differ_only_in_regulariser_weights(script, tmp_path):
