@@ -315,7 +315,8 @@ def evaluate(build: Build) -> bool:
         if not build.trained:
             print(f"{output_dir / 'report.json'} exists; skipped.")
             return False
-        print(f"{output_dir / 'report.json'} exists, but {', '.join(build.trained)} trained in this run: re-evaluating.")
+        print(f"{output_dir / 'report.json'} exists, but {', '.join(build.trained)} trained in this run: "
+              "re-evaluating.")
     preset = build.preset
     torch.manual_seed(build.seed)
 

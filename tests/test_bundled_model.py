@@ -17,9 +17,9 @@ MODELS = REPO / "models"
 ASSETS = REPO / "assets"
 GUIDANCE_TYPES = {"depth", "normal", "semantic_map", "dwpose"}
 # Measured on the shipped student (4 steps, seed 0, demo frames 1-16): SSIM 0.359, flicker 0.019 (ground truth
-# 0.005; the three students of the builds before scored 0.361 / 0.025, 0.364 / 0.023 and 0.361 / 0.027). On this video uniform noise
-# scores SSIM 0.009 (flicker 0.33), flat grey 0.263, the mean colour 0.282; the floor sits above those and leaves a
-# margin for other CPUs and library versions.
+# 0.005; the three students of the builds before scored 0.361 / 0.025, 0.364 / 0.023 and 0.361 / 0.027). On this
+# video uniform noise scores SSIM 0.009 (flicker 0.33), flat grey 0.263, the mean colour 0.282; the floor sits above
+# those and leaves a margin for other CPUs and library versions.
 SSIM_FLOOR = 0.33
 NOISE_FLICKER = 0.1
 
