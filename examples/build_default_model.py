@@ -30,6 +30,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from referencelcm.evaluation import write_marked_section, write_text_atomically
+
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = REPOSITORY_ROOT / "examples"
 RESULTS_BEGIN = "<!-- build_default_model: begin (generated; edit the script, not this section) -->"
@@ -490,22 +492,8 @@ def student_4_against(comparisons: list[dict], teacher: str) -> dict | None:
 
 
 def write_results_section(path: Path, section: str) -> None:
-    """Put ``section`` between the markers of ``path`` (appended when absent), keeping the rest; atomic."""
-    text = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmark results\n\n"
-    if RESULTS_BEGIN in text and RESULTS_END in text:
-        head, rest = text.split(RESULTS_BEGIN, 1)
-        text = head + section.rstrip("\n") + rest.split(RESULTS_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    write_text_atomically(path, text)
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to a hidden sibling, then rename it over ``path``: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".tmp-{path.name}")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    """Put ``section`` between this script's markers of ``path`` (appended when absent), keeping the rest; atomic."""
+    write_marked_section(path, section, RESULTS_BEGIN, RESULTS_END)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -524,11 +524,31 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def write_text_atomically(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to a hidden sibling, then rename it over ``path``: readers never see half a file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".tmp-{path.name}")
     temporary.write_text(text, encoding="utf-8")
     os.replace(temporary, path)
+
+
+def write_marked_section(path: str | os.PathLike, section: str, begin: str, end: str) -> None:
+    """Put ``section`` (which starts with ``begin`` and ends with ``end``) in place of the text between those markers
+    in ``path``, keeping the rest of the file; appended when the markers are absent. Atomic.
+
+    Several scripts share ``benchmarks/RESULTS.md`` this way, each regenerating only its own section.
+    """
+    if not section.lstrip().startswith(begin) or end not in section:
+        raise ValueError("`section` must start with the `begin` marker and contain the `end` marker.")
+    path = Path(path)
+    text = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmark results\n\n"
+    if begin in text and end in text.split(begin, 1)[1]:
+        head, rest = text.split(begin, 1)
+        text = head + section.rstrip("\n") + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    write_text_atomically(path, text)
 
 
 def write_report(
@@ -550,8 +570,8 @@ def write_report(
         report["speed"] = list(speed)
         table += "\n" + format_speed_table(speed)
     paths = {"report": output_dir / "report.json", "table": output_dir / "table.md"}
-    _atomic_write_text(paths["report"], json.dumps(report, indent=2, allow_nan=True) + "\n")
-    _atomic_write_text(paths["table"], table)
+    write_text_atomically(paths["report"], json.dumps(report, indent=2, allow_nan=True) + "\n")
+    write_text_atomically(paths["table"], table)
     return paths
 
 

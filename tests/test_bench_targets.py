@@ -1,0 +1,114 @@
+"""benchmarks/bench_targets.py on tiny random models: per-split rows, the pooled row, its RESULTS.md section."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from referencelcm import ReferenceLCMPipeline
+from referencelcm.evaluation import write_marked_section
+
+from .conftest import build_components
+from .examples import load_example
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_example(REPOSITORY / "benchmarks" / "bench_targets.py")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bench-targets")
+    ReferenceLCMPipeline(**build_components()).save_pretrained(root / "student")
+    ReferenceLCMPipeline(**build_components(scheduler="ddim")).save_pretrained(root / "teacher")
+    return {"root": root, "student": root / "student", "teacher": root / "teacher"}
+
+
+def tiny_argv(models: dict, results: Path, *extra: str) -> list[str]:
+    return ["--teacher", str(models["teacher"]), "--student", str(models["student"]), "--num_videos", "2",
+            "--num_frames", "3", "--resolution", "32", "--steps", "1", "--teacher_steps", "2", "--no_progress",
+            "--results", str(results), *extra]
+
+
+def table_rows(text: str) -> dict[str, list[str]]:
+    rows = {}
+    for line in text.splitlines():
+        match = re.match(r"\| (\d+|\*\*all pooled\*\*) \|(.*)\|$", line)
+        if match:
+            rows[match.group(1)] = [cell.strip() for cell in match.group(2).split("|")]
+    return rows
+
+
+def test_rows_per_split_and_pooled_and_the_section_is_replaced(bench, models, capsys):
+    results = models["root"] / "RESULTS.md"
+    results.write_text("# Benchmark results\n\nHand-written notes stay.\n")
+    data = models["root"] / "splits"
+    assert bench.main(tiny_argv(models, results, "--seeds", "3", "7", "--data_dir", str(data))) == 0
+    assert sorted(entry.name for entry in data.iterdir()) == ["seed_3", "seed_7"]
+
+    text = results.read_text()
+    assert text.startswith("# Benchmark results\n\nHand-written notes stay.\n")
+    assert text.count(bench.RESULTS_BEGIN) == 1 and text.count(bench.RESULTS_END) == 1
+    rows = table_rows(text)
+    assert list(rows) == ["3", "7", "**all pooled**"]
+    for label, videos in (("3", "2"), ("7", "2"), ("**all pooled**", "4")):
+        cells = rows[label]
+        assert cells[0] == videos
+        teacher_same, teacher_most, student, ratio = (float(cell) for cell in cells[1:5])
+        # every cell is printed to 4 decimals: allow exactly that rounding
+        rounding = 5e-5 + ratio * 5e-5 * (1 / student + 1 / teacher_most) * 1.01
+        assert ratio == pytest.approx(student / teacher_most, abs=rounding)
+        difference = float(cells[5].split(" ± ")[0])
+        assert difference == pytest.approx(student - teacher_same, abs=1.5e-4)
+        assert re.fullmatch(rf"\d of {videos}", cells[6])
+        assert cells[7] == ("yes" if ratio >= 0.97 and difference > 0 else "**no**")
+    # the pooled SSIMs are the means over both splits' videos (two per split: plain means of the split means)
+    for column in range(1, 4):
+        assert float(rows["**all pooled**"][column]) == pytest.approx(
+            np.mean([float(rows["3"][column]), float(rows["7"][column])]), abs=2e-4
+        )
+    met = sum(rows[seed][7] == "yes" for seed in ("3", "7"))
+    assert f"Both targets are met on {met} of 2 splits." in text
+    assert "| 3 |" in capsys.readouterr().out
+
+    # a rerun reuses the kept splits and replaces its own section only; the same seeds give the same scores
+    assert bench.main(tiny_argv(models, results, "--seeds", "3", "--data_dir", str(data))) == 0
+    text_again = results.read_text()
+    assert text_again.count(bench.RESULTS_BEGIN) == 1 and "Hand-written notes stay." in text_again
+    assert table_rows(text_again)["3"] == rows["3"] and "7" not in table_rows(text_again)
+
+
+def test_bad_arguments_are_named(bench, models, tmp_path):
+    results = tmp_path / "RESULTS.md"
+    with pytest.raises(SystemExit):
+        bench.parse_args(tiny_argv(models, results, "--seeds", "2", "2"))
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--teacher", str(tmp_path / "missing"), "--student", str(models["student"])])
+    with pytest.raises(SystemExit):
+        bench.parse_args(tiny_argv(models, results, "--num_frames", "2"))
+    # a kept split with other sizes is not silently reused
+    data = tmp_path / "splits"
+    (data / "seed_4" / "test_00000").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="holds 1 videos, not --num_videos 2"):
+        bench.main(tiny_argv(models, results, "--seeds", "4", "--data_dir", str(data)))
+    assert not results.exists()
+
+
+def test_write_marked_section_replaces_only_between_its_markers(tmp_path):
+    path = tmp_path / "RESULTS.md"
+    first = "<!-- a: begin -->\nA1\n<!-- a: end -->\n"
+    write_marked_section(path, first, "<!-- a: begin -->", "<!-- a: end -->")
+    assert path.read_text() == "# Benchmark results\n\n" + first
+    write_marked_section(path, "<!-- b: begin -->\nB-body\n<!-- b: end -->\n", "<!-- b: begin -->", "<!-- b: end -->")
+    write_marked_section(path, "<!-- a: begin -->\nA2\n<!-- a: end -->\n", "<!-- a: begin -->", "<!-- a: end -->")
+    text = path.read_text()
+    assert "A1" not in text and text.index("A2") < text.index("B-body") and text.count("<!-- a: begin -->") == 1
+    assert not list(tmp_path.glob(".tmp-*"))
+    with pytest.raises(ValueError, match="begin"):
+        write_marked_section(path, "no markers", "<!-- a: begin -->", "<!-- a: end -->")
