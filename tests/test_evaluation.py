@@ -273,6 +273,29 @@ def test_evaluate_model_rows_with_frechet_distances_from_a_local_network(tmp_pat
     assert "FID ↓" in header and "FVD ↓" in header
 
 
+def test_evaluate_model_with_custom_timesteps(tiny_setup):
+    pipe = ReferenceLCMPipeline(**build_components())
+    pipe.set_progress_bar_config(disable=True)
+    common = dict(max_frames=2, warmup=False, progress=False)
+    custom = evaluate_model(pipe, tiny_setup["data"], [3], timesteps=[999, 499, 139], **common)[0]
+    default = evaluate_model(pipe, tiny_setup["data"], [3], **common)[0]
+    assert custom["timesteps"] == [999, 499, 139] and custom["steps"] == 3 and "timesteps" not in default
+    assert custom["per_video"]["ssim"] != default["per_video"]["ssim"]
+    with pytest.raises(ValueError, match=r"`steps` must be \[3\]; got \[4\]"):
+        evaluate_model(pipe, tiny_setup["data"], [4], timesteps=[999, 499, 139], **common)
+
+
+def test_evaluate_script_takes_steps_or_timesteps():
+    spec = importlib.util.spec_from_file_location("evaluate_example", REPOSITORY / "examples" / "evaluate.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    required = ["--model", "m", "--data", "d"]
+    assert script.parse_args(required).steps == [1, 2, 4, 8]
+    assert script.parse_args([*required, "--timesteps", "999", "499", "139"]).steps == [3]
+    with pytest.raises(SystemExit):
+        script.parse_args([*required, "--timesteps", "999", "--steps", "1"])
+
+
 def _scored_row(method: str, steps: int, ssim: list[float], l1: list[float] | None = None) -> dict:
     per_video = {"ssim": ssim, **({"l1": l1} if l1 is not None else {})}
     return {"method": method, "steps": steps, "ssim": sum(ssim) / len(ssim), "per_video": per_video}

@@ -33,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", help="one video in Champ's layout: depth/ normal/ semantic_map/ dwpose/ [mask/]")
     parser.add_argument("--output", default="outputs/demo.mp4", help="mp4 to write (default: %(default)s)")
     parser.add_argument("--steps", type=int, help="denoising steps (default: 4 for an LCM, 20 for a teacher)")
+    parser.add_argument("--timesteps", type=int, nargs="+",
+                        help="custom LCM timesteps, strictly decreasing, instead of --steps (e.g. 999 499 299 139)")
     parser.add_argument("--guidance-scale", type=float, help="CFG scale (default: 1.0 for an LCM, 3.5 for a teacher)")
     parser.add_argument("--height", type=int, help="output height (default: the guidance frames')")
     parser.add_argument("--width", type=int, help="output width (default: the guidance frames')")
@@ -134,15 +136,18 @@ def run(args: argparse.Namespace) -> int:
         reference = image.convert("RGB")
 
     is_student = isinstance(pipe.scheduler, LCMScheduler)
-    steps = args.steps or (4 if is_student else 20)
+    if args.timesteps is not None and args.steps is not None:
+        raise ValueError("pass either `--steps` or `--timesteps`, not both.")
+    steps = len(args.timesteps) if args.timesteps else args.steps or (4 if is_student else 20)
     guidance_scale = args.guidance_scale if args.guidance_scale is not None else (1.0 if is_student else 3.5)
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
     video = pipe(
-        reference, guidance, num_inference_steps=steps, guidance_scale=guidance_scale, height=args.height,
-        width=args.width, generator=generator, output_type="np",
+        reference, guidance, num_inference_steps=steps, timesteps=args.timesteps, guidance_scale=guidance_scale,
+        height=args.height, width=args.width, generator=generator, output_type="np",
     ).frames[0]
     path = write_video(list(video), args.output, args.fps)
-    print(f"referencelcm: wrote {len(video)} frames ({steps} steps, guidance scale {guidance_scale}) to {path}")
+    schedule = f"timesteps {args.timesteps}" if args.timesteps else f"{steps} steps"
+    print(f"referencelcm: wrote {len(video)} frames ({schedule}, guidance scale {guidance_scale}) to {path}")
     if args.grid:
         grid_path = write_video(side_by_side(reference, guidance, video), path.with_name(f"{path.stem}_grid.mp4"), args.fps)
         print(f"referencelcm: wrote the side-by-side grid to {grid_path}")

@@ -355,6 +355,7 @@ def evaluate_model(
     metrics: QualityMetrics | None = None,
     warmup: bool = True,
     progress: bool = True,
+    timesteps: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
     """Generate every test video at every number of steps and score it against the ground truth.
 
@@ -371,6 +372,8 @@ def evaluate_model(
             (reference | ground truth | generated) as ``<method>_<steps>steps_<video>.mp4``.
         metrics: optional LPIPS / FID / FVD.
         warmup: generate the first video once, untimed, before measuring (first calls pay for allocation and kernels).
+        timesteps: custom timesteps for every call (an ``LCMScheduler`` takes them); ``steps`` must then be
+            ``[len(timesteps)]``. The row records them as ``timesteps``.
 
     Returns:
         One dict per entry of ``steps``: ``method``, ``steps``, ``guidance_scale``, ``num_videos``, ``num_frames``,
@@ -388,6 +391,10 @@ def evaluate_model(
     call_kwargs = dict(
         context_frames=context_frames, context_overlap=context_overlap, decode_chunk_size=decode_chunk_size
     )
+    if timesteps is not None:
+        if list(steps) != [len(timesteps)]:
+            raise ValueError(f"with `timesteps` {list(timesteps)}, `steps` must be [{len(timesteps)}]; got {list(steps)}.")
+        call_kwargs["timesteps"] = list(timesteps)
     if warmup:
         generate_video(pipe, videos[0], steps[0], guidance_scale, seed, **call_kwargs)
     rows = []
@@ -420,6 +427,8 @@ def evaluate_model(
             # in ``videos`` order, for comparisons paired video by video (:func:`paired_difference`)
             "per_video": {key: [float(score[key]) for score in scores] for key in scores[0]},
         }
+        if timesteps is not None:
+            row["timesteps"] = list(timesteps)
         row.update(_frechet_scores(metrics))
         rows.append(row)
     bar.close()

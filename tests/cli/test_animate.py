@@ -87,6 +87,18 @@ def test_no_grid_writes_only_the_video(tmp_path, video_dir, model_dir):
     assert code == 0 and output.is_file() and not output.with_name("result_grid.mp4").exists()
 
 
+def test_custom_timesteps(tmp_path, video_dir, model_dir, capsys):
+    output = tmp_path / "result.mp4"
+    common = ["animate", "--model", str(model_dir), "--guidance", str(video_dir), "--output", str(output), "--no-grid"]
+    assert main([*common, "--timesteps", "999", "499", "139"]) == 0
+    assert "(timesteps [999, 499, 139], guidance scale 1.0)" in capsys.readouterr().out
+    assert iio.imread(output).shape[0] == 4
+    assert main([*common, "--timesteps", "499", "999"]) == 2
+    assert "`timesteps` must be a non-empty, strictly decreasing" in capsys.readouterr().err
+    assert main([*common, "--timesteps", "999", "--steps", "2"]) == 2
+    assert "either `--steps` or `--timesteps`" in capsys.readouterr().err
+
+
 def test_module_entry_point_prints_errors_without_traceback(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "referencelcm.cli", "animate", "--model", str(tmp_path / "missing"), "--guidance", str(tmp_path)],

@@ -176,6 +176,35 @@ def test_callback_on_step_end_sees_and_replaces_latents(pipe, inputs):
     assert steps == [0, 1, 2] and latents.abs().max() == 0
 
 
+def test_custom_timesteps_replace_the_schedule(pipe, inputs):
+    seen = []
+
+    def callback(pipeline, step, timestep, tensors):
+        seen.append(int(timestep))
+        return {}
+
+    custom = generate(pipe, inputs, timesteps=[999, 499, 299, 139], callback_on_step_end=callback)
+    assert seen == [999, 499, 299, 139]  # num_inference_steps (2 here) is ignored
+    seen.clear()
+    default = generate(pipe, inputs, num_inference_steps=4, callback_on_step_end=callback)
+    assert seen == [999, 759, 499, 259]
+    assert not np.allclose(custom, default, atol=1e-4)
+    # the default schedule passed explicitly gives the default output
+    assert np.array_equal(generate(pipe, inputs, timesteps=[999, 759, 499, 259]), default)
+
+
+@pytest.mark.parametrize("timesteps", [[], [499, 999], [999, 999], [1000, 499], [999, -1], [999.0, 499]])
+def test_bad_custom_timesteps_are_named(pipe, inputs, timesteps):
+    with pytest.raises(ValueError, match="`timesteps` must be a non-empty, strictly decreasing list of integers"):
+        pipe(**inputs, timesteps=timesteps, output_type="latent")
+
+
+def test_custom_timesteps_need_a_scheduler_that_takes_them():
+    pipe = make_pipe(scheduler="ddim")
+    with pytest.raises(ValueError, match="DDIMScheduler does not"):
+        pipe(**make_inputs(1), timesteps=[999, 499], output_type="latent")
+
+
 def test_decode_chunk_size_does_not_change_frames(pipe):
     inputs = make_inputs(5)
     assert np.allclose(generate(pipe, inputs, decode_chunk_size=1), generate(pipe, inputs, decode_chunk_size=8), atol=1e-5)

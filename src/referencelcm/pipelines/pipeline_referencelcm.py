@@ -9,6 +9,7 @@ from typing import Any, Callable, Mapping
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, LCMScheduler, UNet2DConditionModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
 from diffusers.schedulers import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
@@ -156,6 +157,7 @@ class ReferenceLCMPipeline(DiffusionPipeline):
         output_type: str,
         decode_chunk_size: int,
         callback_on_step_end_tensor_inputs: list[str] | None,
+        timesteps: list[int] | None = None,
     ) -> None:
         """Raise a ``ValueError`` naming the argument for any input the models cannot run on."""
         expected, given = set(self.guidance_types), set(guidance)
@@ -167,12 +169,14 @@ class ReferenceLCMPipeline(DiffusionPipeline):
         for name, size in (("height", height), ("width", width)):
             if size < self.spatial_multiple or size % self.spatial_multiple != 0:
                 raise ValueError(f"`{name}` must be a positive multiple of {self.spatial_multiple}, got {size}.")
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+        if timesteps is not None:
+            self._check_timesteps(timesteps)
+        elif not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r}.")
         maximum_steps = self.scheduler.config.num_train_timesteps
         if isinstance(self.scheduler, LCMScheduler):
             maximum_steps = self.scheduler.config.original_inference_steps
-        if num_inference_steps > maximum_steps:
+        if timesteps is None and num_inference_steps > maximum_steps:
             raise ValueError(
                 f"`num_inference_steps` must be <= {maximum_steps} for {type(self.scheduler).__name__}, "
                 f"got {num_inference_steps}."
@@ -190,6 +194,25 @@ class ReferenceLCMPipeline(DiffusionPipeline):
         if unknown:
             raise ValueError(
                 f"`callback_on_step_end_tensor_inputs` may only name {self._callback_tensor_inputs}, got {sorted(unknown)}."
+            )
+
+    def _check_timesteps(self, timesteps: list[int]) -> None:
+        if "timesteps" not in inspect.signature(self.scheduler.set_timesteps).parameters:
+            raise ValueError(
+                f"`timesteps` needs a scheduler that takes custom timesteps (e.g. LCMScheduler); "
+                f"{type(self.scheduler).__name__} does not: pass `num_inference_steps` instead."
+            )
+        values = list(timesteps)
+        limit = self.scheduler.config.num_train_timesteps
+        if (
+            not values
+            or not all(isinstance(value, int) and not isinstance(value, bool) for value in values)
+            or not all(0 <= value < limit for value in values)
+            or any(later >= earlier for earlier, later in zip(values, values[1:]))
+        ):
+            raise ValueError(
+                f"`timesteps` must be a non-empty, strictly decreasing list of integers in [0, {limit}), "
+                f"e.g. [999, 499, 299, 139]; got {timesteps!r}."
             )
 
     def encode_reference(
@@ -310,6 +333,7 @@ class ReferenceLCMPipeline(DiffusionPipeline):
         reference_image: ImageInput,
         guidance: Mapping[str, FramesInput],
         num_inference_steps: int = 4,
+        timesteps: list[int] | None = None,
         guidance_scale: float = 1.0,
         height: int | None = None,
         width: int | None = None,
@@ -331,6 +355,9 @@ class ReferenceLCMPipeline(DiffusionPipeline):
             guidance: ``{type: frames}`` for exactly :attr:`guidance_types`; frames are a list of PIL images, numpy
                 ``(F, H, W, 3)`` or torch ``(F, 3, H, W)`` in ``[0, 1]``; every type has the same ``F``.
             num_inference_steps: denoising steps (2–4 for a distilled model, ~20 for a DDIM teacher).
+            timesteps: custom timesteps, strictly decreasing, instead of the scheduler's spacing for
+                ``num_inference_steps`` (which is then ignored), for schedulers that take them (``LCMScheduler``).
+                An LCM (50 original steps) takes ``[999, 759, 499, 259]`` for 4 steps: evenly spaced from the top.
             guidance_scale: > 1 turns on classifier-free guidance (uncond = zero image embeddings and no reference
                 tokens; guidance kept). With ``denoising_unet.config.time_cond_proj_dim`` set it is embedded instead.
             height, width: output size; default: the guidance frames' size.
@@ -357,7 +384,7 @@ class ReferenceLCMPipeline(DiffusionPipeline):
         width = width or first_maps.shape[-1]
         self.check_inputs(
             guidance_maps, num_inference_steps, height, width, context_frames, context_overlap, output_type,
-            decode_chunk_size, callback_on_step_end_tensor_inputs,
+            decode_chunk_size, callback_on_step_end_tensor_inputs, timesteps,
         )
         device = self._execution_device
         reference = resize(reference[None], height, width)
@@ -374,8 +401,7 @@ class ReferenceLCMPipeline(DiffusionPipeline):
         guidance_features = self.encode_guidance(guidance_maps, device)
 
         # 4. Timesteps
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
+        timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device, timesteps)
 
         # 5. Initial latents
         latents = self.prepare_latents(
