@@ -124,6 +124,12 @@ def table_row(label: str, rows: dict[str, dict], args: argparse.Namespace) -> tu
     return "| " + " | ".join(cells) + " |", met
 
 
+def shown_path(path: str) -> str:
+    """``path`` relative to the repository when it lies inside it (RESULTS.md is read there), else as given."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(REPOSITORY_ROOT)) if resolved.is_relative_to(REPOSITORY_ROOT) else path
+
+
 def results_markdown(args: argparse.Namespace, per_split: dict[int, dict[str, dict]], minutes: float) -> str:
     """The section for RESULTS.md: one row per split, the pooled row, and how many splits meet both targets."""
     steps, most, cfg = args.steps, args.teacher_steps, f"{args.guidance_scale:g}"
@@ -132,9 +138,9 @@ def results_markdown(args: argparse.Namespace, per_split: dict[int, dict[str, di
         "## The targets on fresh test splits",
         "",
         f"Produced by `python benchmarks/bench_targets.py --seeds {' '.join(map(str, per_split))}` on this machine's "
-        f"CPU ({os.cpu_count()} cores) in {minutes:.1f} minutes, with `{args.teacher}` and `{args.student}`. Each "
-        f"seed draws a new SynthDance test split ({args.num_videos} videos of unseen identities, {args.resolution} "
-        f"px, {args.num_frames - 1} generated frames each); video i starts from the noise of seed + i. The teacher "
+        f"CPU ({os.cpu_count()} cores) in {minutes:.1f} minutes, with `{shown_path(args.teacher)}` and "
+        f"`{shown_path(args.student)}`. Each seed draws a new SynthDance test split ({args.num_videos} videos of "
+        f"unseen identities, {args.resolution} px, {args.num_frames - 1} generated frames each); video i starts from the noise of seed + i. The teacher "
         f"runs with CFG {cfg}, the student without. Seed 1 is left out: it was the validation split the build's "
         "settings were chosen on.",
         "",

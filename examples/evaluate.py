@@ -125,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     if teacher is not None:
         teacher_steps = args.teacher_steps or sorted(set(args.steps) | {20})
         rows += evaluate_model(teacher, None, teacher_steps, args.teacher_guidance_scale, "teacher", **common)
-    rows += evaluate_model(student, None, args.steps, args.guidance_scale, "student", timesteps=args.timesteps, **common)
+    rows += evaluate_model(
+        student, None, args.steps, args.guidance_scale, "student", timesteps=args.timesteps, **common
+    )
     speed = None
     if teacher is not None and args.speed_repeats > 0:
         runs = [SpeedRun("teacher", teacher, max(teacher_steps), args.teacher_guidance_scale)]

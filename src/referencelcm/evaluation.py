@@ -393,7 +393,9 @@ def evaluate_model(
     )
     if timesteps is not None:
         if list(steps) != [len(timesteps)]:
-            raise ValueError(f"with `timesteps` {list(timesteps)}, `steps` must be [{len(timesteps)}]; got {list(steps)}.")
+            raise ValueError(
+                f"with `timesteps` {list(timesteps)}, `steps` must be [{len(timesteps)}]; got {list(steps)}."
+            )
         call_kwargs["timesteps"] = list(timesteps)
     if warmup:
         generate_video(pipe, videos[0], steps[0], guidance_scale, seed, **call_kwargs)
