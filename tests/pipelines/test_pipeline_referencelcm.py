@@ -189,11 +189,14 @@ def test_custom_timesteps_replace_the_schedule(pipe, inputs):
     default = generate(pipe, inputs, num_inference_steps=4, callback_on_step_end=callback)
     assert seen == [999, 759, 499, 259]
     assert not np.allclose(custom, default, atol=1e-4)
-    # the default schedule passed explicitly gives the default output
+    # the default schedule passed explicitly (numpy integers too) gives the default output
     assert np.array_equal(generate(pipe, inputs, timesteps=[999, 759, 499, 259]), default)
+    assert np.array_equal(generate(pipe, inputs, timesteps=np.array([999, 759, 499, 259])), default)
 
 
-@pytest.mark.parametrize("timesteps", [[], [499, 999], [999, 999], [1000, 499], [999, -1], [999.0, 499]])
+@pytest.mark.parametrize(
+    "timesteps", [[], [499, 999], [999, 999], [1000, 499], [999, -1], [999.0, 499], [999, True], ["999"]]
+)
 def test_bad_custom_timesteps_are_named(pipe, inputs, timesteps):
     with pytest.raises(ValueError, match="`timesteps` must be a non-empty, strictly decreasing list of integers"):
         pipe(**inputs, timesteps=timesteps, output_type="latent")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import operator
 import os
 from typing import Any, Callable, Mapping
 
@@ -202,11 +203,14 @@ class ReferenceLCMPipeline(DiffusionPipeline):
                 f"`timesteps` needs a scheduler that takes custom timesteps (e.g. LCMScheduler); "
                 f"{type(self.scheduler).__name__} does not: pass `num_inference_steps` instead."
             )
-        values = list(timesteps)
         limit = self.scheduler.config.num_train_timesteps
+        try:  # Python, numpy and 0-d torch integers; not floats or bools
+            values = [operator.index(value) for value in timesteps if not isinstance(value, bool)]
+        except TypeError:
+            values = []
         if (
-            not values
-            or not all(isinstance(value, int) and not isinstance(value, bool) for value in values)
+            len(values) != len(timesteps)
+            or not values
             or not all(0 <= value < limit for value in values)
             or any(later >= earlier for earlier, later in zip(values, values[1:]))
         ):
@@ -401,6 +405,8 @@ class ReferenceLCMPipeline(DiffusionPipeline):
         guidance_features = self.encode_guidance(guidance_maps, device)
 
         # 4. Timesteps
+        if timesteps is not None:
+            timesteps = [operator.index(value) for value in timesteps]
         timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device, timesteps)
 
         # 5. Initial latents
