@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     plot = write_plot(rows, output_dir / "quality_vs_steps.png")
     print(paths["table"].read_text(encoding="utf-8"))
     if args.timesteps:
-        print(f"the student sampled at timesteps {args.timesteps} (the speed table times {len(args.timesteps)} "
-              "steps of the default spacing: the same cost)")
+        note = f" (the speed table times {len(args.timesteps)} steps of the default spacing: the same cost)"
+        print(f"the student sampled at timesteps {args.timesteps}" + (note if speed else ""))
     print(f"wrote {paths['report']}, {paths['table']}" + (f", {plot}" if plot else "") + f", {output_dir / 'samples'}")
     return 0
 
