@@ -16,6 +16,7 @@ prints). Not part of the test suite: five splits take 20–35 minutes on a 2-cor
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -75,26 +76,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def split_folder(args: argparse.Namespace, root: Path, seed: int) -> Path:
-    """The test split of ``seed``: generated, or reused from ``--data_dir`` when it was made with these sizes."""
+    """The test split of ``seed``: generated, or reused from ``--data_dir`` when its index.json matches the sizes."""
     folder = root / f"seed_{seed}"
-    if folder.exists():
-        videos = sorted(entry for entry in folder.iterdir() if entry.is_dir())
-        if len(videos) != args.num_videos:
-            raise SystemExit(
-                f"{folder} holds {len(videos)} videos, not --num_videos {args.num_videos}: remove it or pass another "
-                "--data_dir."
-            )
-        return folder
-    return generate_dataset(folder, num_videos=args.num_videos, num_frames=args.num_frames,
-                            resolution=args.resolution, seed=seed, split="test", progress=not args.no_progress)
+    if not folder.exists():
+        return generate_dataset(folder, num_videos=args.num_videos, num_frames=args.num_frames,
+                                resolution=args.resolution, seed=seed, split="test", progress=not args.no_progress)
+    try:
+        index = json.loads((folder / "index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"{folder} is not a SynthDance split ({error}): remove it or pass another --data_dir.")
+    wanted = {"seed": seed, "split": "test", "num_frames": args.num_frames, "resolution": args.resolution}
+    found = {key: index.get(key) for key in wanted}
+    found["num_videos"], wanted["num_videos"] = len(index.get("videos", [])), args.num_videos
+    if found != wanted:
+        differences = ", ".join(f"{key}={found[key]} (asked: {value})" for key, value in wanted.items()
+                                if found[key] != value)
+        raise SystemExit(f"{folder} was made with other settings: {differences}. Remove it or pass another --data_dir.")
+    return folder
 
 
 def score_split(args: argparse.Namespace, teacher, student, folder: Path, seed: int) -> dict[str, dict]:
     """The teacher at ``--steps`` and ``--teacher_steps`` (CFG) and the student at ``--steps`` on one split."""
-    videos = load_test_videos(folder, teacher.guidance_types, resolution=args.resolution)
-    if videos[0].ground_truth.shape[0] != args.num_frames - 1:
-        raise SystemExit(f"{folder} has {videos[0].ground_truth.shape[0] + 1}-frame videos, not --num_frames "
-                         f"{args.num_frames}: remove it or pass another --data_dir.")
+    videos = load_test_videos(folder, teacher.guidance_types)
     common = dict(videos=videos, seed=seed, progress=not args.no_progress, warmup=False)
     teacher_steps = sorted({args.steps, args.teacher_steps})
     teacher_rows = evaluate_model(teacher, None, teacher_steps, args.guidance_scale, "teacher", **common)
@@ -140,9 +143,9 @@ def results_markdown(args: argparse.Namespace, per_split: dict[int, dict[str, di
         f"Produced by `python benchmarks/bench_targets.py --seeds {' '.join(map(str, per_split))}` on this machine's "
         f"CPU ({os.cpu_count()} cores) in {minutes:.1f} minutes, with `{shown_path(args.teacher)}` and "
         f"`{shown_path(args.student)}`. Each seed draws a new SynthDance test split ({args.num_videos} videos of "
-        f"unseen identities, {args.resolution} px, {args.num_frames - 1} generated frames each); video i starts from the noise of seed + i. The teacher "
-        f"runs with CFG {cfg}, the student without. Seed 1 is left out: it was the validation split the build's "
-        "settings were chosen on.",
+        f"unseen identities, {args.resolution} px, {args.num_frames - 1} generated frames each); video i starts "
+        f"from the noise of seed + i. The teacher runs with CFG {cfg}, the student without. Seed 1 is left out: it "
+        "was the validation split the build's settings were chosen on.",
         "",
         f"| split seed | videos | teacher {steps} steps | teacher {most} steps | student {steps} steps | "
         f"student {steps} / teacher {most} (≥ {SSIM_RATIO_TARGET:g}) | student {steps} − teacher {steps}, per video "

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from referencelcm import ReferenceLCMPipeline
+from referencelcm.data.synthdance import generate_dataset
 from referencelcm.evaluation import write_marked_section
 
 from .conftest import build_components
@@ -92,11 +93,14 @@ def test_bad_arguments_are_named(bench, models, tmp_path):
         bench.parse_args(["--teacher", str(tmp_path / "missing"), "--student", str(models["student"])])
     with pytest.raises(SystemExit):
         bench.parse_args(tiny_argv(models, results, "--num_frames", "2"))
-    # a kept split with other sizes is not silently reused
+    # a kept split made with other settings, or not a split at all, is not silently reused
     data = tmp_path / "splits"
-    (data / "seed_4" / "test_00000").mkdir(parents=True)
-    with pytest.raises(SystemExit, match="holds 1 videos, not --num_videos 2"):
+    generate_dataset(data / "seed_4", num_videos=2, num_frames=4, resolution=32, seed=5, split="test", progress=False)
+    with pytest.raises(SystemExit, match=r"seed=5 \(asked: 4\), num_frames=4 \(asked: 3\)"):
         bench.main(tiny_argv(models, results, "--seeds", "4", "--data_dir", str(data)))
+    (data / "seed_8" / "test_00000").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="is not a SynthDance split"):
+        bench.main(tiny_argv(models, results, "--seeds", "8", "--data_dir", str(data)))
     assert not results.exists()
 
 
