@@ -85,14 +85,17 @@ def test_rows_per_split_and_pooled_and_the_section_is_replaced(bench, models, ca
     assert table_rows(text_again)["3"] == rows["3"] and "7" not in table_rows(text_again)
 
 
-def test_bad_arguments_are_named(bench, models, tmp_path):
+def test_bad_arguments_are_named(bench, models, tmp_path, capsys):
     results = tmp_path / "RESULTS.md"
-    with pytest.raises(SystemExit):
-        bench.parse_args(tiny_argv(models, results, "--seeds", "2", "2"))
-    with pytest.raises(SystemExit):
-        bench.parse_args(["--teacher", str(tmp_path / "missing"), "--student", str(models["student"])])
-    with pytest.raises(SystemExit):
-        bench.parse_args(tiny_argv(models, results, "--num_frames", "2"))
+    for argv, message in (
+        (tiny_argv(models, results, "--seeds", "2", "2"), "--seeds must be distinct"),
+        (["--teacher", str(tmp_path / "missing"), "--student", str(models["student"])], "--teacher must be a pipeline"),
+        (tiny_argv(models, results, "--num_frames", "2"), "--num_frames must be at least 3"),
+        (tiny_argv(models, results, "--steps", "0"), "--steps must be at least 1"),
+    ):
+        with pytest.raises(SystemExit):
+            bench.parse_args(argv)
+        assert message in capsys.readouterr().err
     # a kept split made with other settings, or not a split at all, is not silently reused
     data = tmp_path / "splits"
     generate_dataset(data / "seed_4", num_videos=2, num_frames=4, resolution=32, seed=5, split="test", progress=False)
