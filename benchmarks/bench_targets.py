@@ -10,7 +10,8 @@ its CFG, the student at ``--steps``, and video ``i`` starts from the noise of ``
 is left out by default: it was the validation split on which the build preset's settings were chosen.
 
 Prints one Markdown table and writes it to ``--results`` between this script's markers (``--no_write`` only
-prints). Not part of the test suite: five splits take 20–35 minutes on a 2-core CPU, depending on its load.
+prints). The tests run it on tiny models only: five real splits take 20–35 minutes on a 2-core CPU, depending on
+its load.
 """
 
 from __future__ import annotations
