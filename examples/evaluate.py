@@ -11,6 +11,12 @@ and every student row is compared with the teacher at the same steps and at its 
 difference ± standard error, videos on which the student is better).
 The student runs with an LCMScheduler and ``--guidance_scale`` (1: no CFG); the teacher with its own scheduler (DDIM)
 and ``--teacher_guidance_scale`` (3.5). LPIPS / FID / FVD run only when their local weight files are given.
+
+On SynthDance data the table also measures appearance (person-region SSIM / L1, per-part and background ΔE, identity
+retrieval), headed by calibration rows (the ground truth, the student's VAE reconstruction, a model that ignores the
+reference). ``--reenact_data`` (``referencelcm synth --split reenact``) scores the same methods on cross-identity
+pairs as well, with the reference swap ratio and the output's spread over ``--reference_frames`` reference frames;
+comparisons are then made for SSIM, person L1 and part ΔE on each split.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from referencelcm import ReferenceLCMPipeline
 from referencelcm.evaluation import (
     QualityMetrics,
     SpeedRun,
+    calibration_rows,
     evaluate_model,
     load_test_videos,
     teacher_student_comparisons,
@@ -36,12 +43,18 @@ from referencelcm.evaluation import (
 from referencelcm.metrics import FrechetDistance, LearnedPerceptualDistance
 from referencelcm.training.consistency import student_lcm_scheduler_from_teacher
 
+COMPARED_METRICS = ("ssim", "person_l1", "part_delta_e")  # paired student-vs-teacher, where the rows have them
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="student pipeline folder (or Hub id)")
     parser.add_argument("--teacher", default=None, help="teacher pipeline folder, evaluated with its own scheduler")
     parser.add_argument("--data", required=True, help="Champ-layout test set root")
+    parser.add_argument("--reenact_data", default=None,
+                        help="a SynthDance reenactment split (referencelcm synth --split reenact) to score as well")
+    parser.add_argument("--reference_frames", type=int, default=3,
+                        help="reenactment pairs: references per pair for the reference-frame spread (1: skip)")
     parser.add_argument("--steps", type=int, nargs="+", default=None, help="the student's steps (default: 1 2 4 8)")
     parser.add_argument("--timesteps", type=int, nargs="+", default=None,
                         help="custom LCM timesteps for the student, strictly decreasing, instead of --steps")
@@ -70,6 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.timesteps is not None and args.steps is not None:
         parser.error("pass either --steps or --timesteps, not both.")
     args.steps = [len(args.timesteps)] if args.timesteps else args.steps or [1, 2, 4, 8]
+    if args.reference_frames < 1:
+        parser.error(f"--reference_frames must be at least 1, got {args.reference_frames}.")
     return args
 
 
@@ -108,36 +123,45 @@ def main(argv: list[str] | None = None) -> int:
         student.scheduler = student_lcm_scheduler_from_teacher(student.scheduler)
     teacher = load_pipeline(args.teacher, args.device, dtype) if args.teacher else None
 
-    # 2. Test set and optional learned metrics, read once and shared by both models
-    videos = load_test_videos(args.data, student.guidance_types, args.num_videos, args.max_frames, args.resolution)
+    # 2. Test sets and optional learned metrics, read once and shared by both models
     if teacher is not None and set(teacher.guidance_types) != set(student.guidance_types):
         raise ValueError(
             f"--teacher uses guidance types {list(teacher.guidance_types)} but --model {list(student.guidance_types)}."
         )
+    splits = {"self": (args.data, 1)}
+    if args.reenact_data:
+        splits["reenact"] = (args.reenact_data, args.reference_frames)
     metrics = build_metrics(args)
 
-    # 3. Evaluate
-    common = dict(
-        videos=videos, seed=args.seed, context_frames=args.context_frames, context_overlap=args.context_overlap,
-        sample_dir=output_dir / "samples", metrics=metrics, progress=progress,
-    )
-    rows = []
-    if teacher is not None:
-        teacher_steps = args.teacher_steps or sorted(set(args.steps) | {20})
-        rows += evaluate_model(teacher, None, teacher_steps, args.teacher_guidance_scale, "teacher", **common)
-    rows += evaluate_model(
-        student, None, args.steps, args.guidance_scale, "student", timesteps=args.timesteps, **common
-    )
+    # 3. Evaluate every split: calibration rows (SynthDance only), the teacher, the student
+    rows, first_videos = [], None
+    teacher_steps = args.teacher_steps or sorted(set(args.steps) | {20})
+    for split, (data_dir, reference_frames) in splits.items():
+        videos = load_test_videos(data_dir, student.guidance_types, args.num_videos, args.max_frames, args.resolution)
+        first_videos = first_videos or videos
+        if all(video.labels is not None for video in videos):
+            rows += calibration_rows(videos, student.vae)
+        common = dict(
+            videos=videos, seed=args.seed, context_frames=args.context_frames, context_overlap=args.context_overlap,
+            sample_dir=output_dir / "samples" / split, metrics=metrics, progress=progress,
+            reference_frames=reference_frames,
+        )
+        if teacher is not None:
+            rows += evaluate_model(teacher, None, teacher_steps, args.teacher_guidance_scale, "teacher", **common)
+        rows += evaluate_model(
+            student, None, args.steps, args.guidance_scale, "student", timesteps=args.timesteps, **common
+        )
     speed = None
     if teacher is not None and args.speed_repeats > 0:
         runs = [SpeedRun("teacher", teacher, max(teacher_steps), args.teacher_guidance_scale)]
         runs += [SpeedRun(f"student {steps}", student, steps, args.guidance_scale) for steps in args.steps]
-        speed = time_side_by_side(runs, videos[0], args.speed_repeats, args.seed, context_frames=args.context_frames,
-                                  context_overlap=args.context_overlap)
+        speed = time_side_by_side(runs, first_videos[0], args.speed_repeats, args.seed,
+                                  context_frames=args.context_frames, context_overlap=args.context_overlap)
 
     # 4. Report
     settings = {key: value for key, value in vars(args).items() if key not in ("no_progress", "threads")}
-    paths = write_report(rows, output_dir, settings, speed, teacher_student_comparisons(rows))
+    comparisons = [item for key in COMPARED_METRICS for item in teacher_student_comparisons(rows, key)]
+    paths = write_report(rows, output_dir, settings, speed, comparisons)
     plot = write_plot(rows, output_dir / "quality_vs_steps.png")
     print(paths["table"].read_text(encoding="utf-8"))
     if args.timesteps:

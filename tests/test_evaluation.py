@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -11,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -46,9 +48,12 @@ def tiny_setup(tmp_path_factory) -> dict[str, Path]:
     data = generate_dataset(
         root / "data", num_videos=2, num_frames=4, resolution=32, seed=0, split="test", progress=False
     )
+    reenact = generate_dataset(
+        root / "reenact", num_videos=2, num_frames=4, resolution=32, seed=0, split="reenact", progress=False
+    )
     ReferenceLCMPipeline(**build_components()).save_pretrained(root / "student")
     ReferenceLCMPipeline(**build_components(scheduler="ddim")).save_pretrained(root / "teacher")
-    return {"root": root, "data": data, "student": root / "student", "teacher": root / "teacher"}
+    return {"root": root, "data": data, "reenact": reenact, "student": root / "student", "teacher": root / "teacher"}
 
 
 def test_evaluate_script_writes_report_table_plot_and_samples(tiny_setup):
@@ -57,27 +62,39 @@ def test_evaluate_script_writes_report_table_plot_and_samples(tiny_setup):
         sys.executable, str(REPOSITORY / "examples" / "evaluate.py"), "--model", str(tiny_setup["student"]),
         "--teacher", str(tiny_setup["teacher"]), "--data", str(tiny_setup["data"]), "--steps", "1", "2",
         "--teacher_steps", "2", "--output_dir", str(output_dir), "--no_progress", "--speed_repeats", "2",
+        "--reenact_data", str(tiny_setup["reenact"]), "--reference_frames", "2",
     ]
     result = subprocess.run(command, capture_output=True, text=True, env=SUBPROCESS_ENV, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
 
     report = json.loads((output_dir / "report.json").read_text())
-    rows = report["rows"]
-    assert [(row["method"], row["steps"]) for row in rows] == [("teacher", 2), ("student", 1), ("student", 2)]
-    assert [row["guidance_scale"] for row in rows] == [3.5, 1.0, 1.0]
-    for row in rows:
-        assert row["num_videos"] == 2 and row["num_frames"] == 2 * 3  # frame 0 is the reference
-        assert -1.0 <= row["ssim"] <= 1.0
-        assert math.isfinite(row["psnr"]) and row["psnr"] > 0
-        assert 0.0 <= row["l1"] <= 1.0
-        assert 0.0 <= row["flicker"] <= 1.0 and 0.0 <= row["flicker_ground_truth"] <= 1.0
-        assert math.isfinite(row["seconds_per_frame"]) and row["seconds_per_frame"] > 0
-        for key in ("ssim", "psnr", "l1", "flicker"):  # per video, in test-set order; the row holds their mean
-            assert len(row["per_video"][key]) == 2
-            assert row[key] == pytest.approx(sum(row["per_video"][key]) / 2)
-        sample = Path(row["sample_video"])
-        assert sample.parent == output_dir / "samples" and sample.stat().st_size > 0
-    assert not list((output_dir / "samples").glob(".tmp-*"))
+    calibration = [("ground truth", None), ("VAE reconstruction", None), ("ignores the reference", None)]
+    models = [("teacher", 2), ("student", 1), ("student", 2)]
+    assert [(row["split"], row["method"], row["steps"]) for row in report["rows"]] == [
+        (split, method, steps) for split in ("self", "reenact") for method, steps in calibration + models
+    ]
+    for split in ("self", "reenact"):
+        rows = [row for row in report["rows"] if row["split"] == split and row["steps"] is not None]
+        assert [row["guidance_scale"] for row in rows] == [3.5, 1.0, 1.0]
+        for row in rows:
+            assert row["num_videos"] == 2 and row["num_frames"] == 2 * 3  # frame 0 is the reference
+            assert -1.0 <= row["ssim"] <= 1.0
+            assert math.isfinite(row["psnr"]) and row["psnr"] > 0
+            assert 0.0 <= row["l1"] <= 1.0
+            assert 0.0 <= row["flicker"] <= 1.0 and 0.0 <= row["flicker_ground_truth"] <= 1.0
+            assert math.isfinite(row["seconds_per_frame"]) and row["seconds_per_frame"] > 0
+            for key in ("ssim", "psnr", "l1", "flicker", "person_l1", "part_delta_e", "retrieval"):
+                assert len(row["per_video"][key]) == 2  # per video, in test-set order; the row holds their mean
+                assert row[key] == pytest.approx(sum(row["per_video"][key]) / 2)
+            assert row["part_ratio"] > 0 and row["retrieval_chance"] == 0.5
+            sample = Path(row["sample_video"])
+            assert sample.parent == output_dir / "samples" / split and sample.stat().st_size > 0
+            # reenactment pairs only: the swap ratio and the spread over --reference_frames references of B
+            assert ("swap_ratio" in row) == ("reference_spread" in row) == (split == "reenact")
+        truth, vae, ignoring = [row for row in report["rows"] if row["split"] == split and row["steps"] is None]
+        assert truth["part_delta_e"] == 0 and truth["retrieval"] == 1.0 and ignoring["part_ratio"] == 1.0
+        assert vae["part_delta_e"] > 0  # the tiny random VAE is no identity
+    assert not list((output_dir / "samples").rglob(".tmp-*"))
 
     speed = report["speed"]
     assert [(row["method"], row["steps"], row["guidance_scale"]) for row in speed] == [
@@ -87,18 +104,29 @@ def test_evaluate_script_writes_report_table_plot_and_samples(tiny_setup):
         assert len(row["samples"]) == row["repeats"] == 2 and row["seconds_per_frame"] > 0
         assert row["speedup"] == pytest.approx(speed[0]["seconds_per_frame"] / row["seconds_per_frame"])
 
-    # the student at each steps against the teacher at the same steps (when run) and at its most steps, paired
+    # each student row against the teacher at the same steps (when run) and at its most steps, paired, per split and
+    # per compared metric
     comparisons = report["comparisons"]
-    assert [(item["method"], item["steps"], item["baseline_steps"]) for item in comparisons] == [
-        ("student", 1, 2), ("student", 2, 2)
+    assert [(item["metric"], item["split"], item["steps"], item["baseline_steps"]) for item in comparisons] == [
+        (metric, split, steps, 2) for metric in ("ssim", "person_l1", "part_delta_e")
+        for split in ("self", "reenact") for steps in (1, 2)
     ]
-    for item, row in zip(comparisons, rows[1:]):
-        assert item["metric"] == "ssim" and item["num_videos"] == 2 and 0 <= item["better"] <= 2
-        assert item["difference"] == pytest.approx(row["ssim"] - rows[0]["ssim"])
+    by_key = {(row["split"], row["method"], row["steps"]): row for row in report["rows"]}
+    for item in comparisons:
+        student, teacher = by_key[(item["split"], "student", item["steps"])], by_key[(item["split"], "teacher", 2)]
+        assert item["num_videos"] == 2 and 0 <= item["better"] <= 2
+        assert item["difference"] == pytest.approx(student[item["metric"]] - teacher[item["metric"]])
 
-    table, comparison_table, speed_table = (output_dir / "table.md").read_text().split("\n\n")
-    assert table.startswith("| Method | Steps | CFG | SSIM ↑ | PSNR ↑ | L1 ↓ | Flicker (GT) | s / frame ↓ |")
-    assert len(table.strip().splitlines()) == 2 + len(rows)
+    table, appearance_table, comparison_table, speed_table = (output_dir / "table.md").read_text().split("\n\n")
+    assert table.startswith("| Method | Split | Steps | CFG | SSIM ↑ | PSNR ↑ | L1 ↓ | Flicker (GT) | s / frame ↓ |")
+    assert len(table.strip().splitlines()) == 2 + len(report["rows"])
+    assert appearance_table.startswith(
+        "| Method | Split | Steps | CFG | person SSIM ↑ | person L1 ↓ | part ΔE ↓ | part ΔE ÷ ignoring ↓ | bg ΔE ↓ | "
+        "retrieval (chance) ↑ | swap ΔE new ÷ orig ↓ | ref. spread ↓ |"
+    )
+    assert "| ground truth | self | – | – | 1.0000 | 0.0000 | 0.00 | 0.0000 | 0.00 | 100.0% (50.0%) | – | – |" in (
+        appearance_table
+    )
     assert comparison_table.startswith("| Method | vs | metric | difference ± standard error | better on |")
     assert len(comparison_table.strip().splitlines()) == 2 + len(comparisons)
     assert speed_table.startswith("| Method | Steps | CFG | median s / frame (2 interleaved calls) ↓ | speed-up over teacher")
@@ -348,3 +376,87 @@ def test_teacher_student_comparisons_pair_equal_steps_and_the_most_steps():
     assert [(item["steps"], item["baseline_method"], item["baseline_steps"]) for item in matched] == [
         (1, "teacher, CFG 1.5", 2), (2, "teacher, CFG 1.5", 2)]
     assert matched[1]["difference"] == pytest.approx(0.05)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# appearance: calibration rows, reference swap and spread, on SynthDance splits
+
+
+@pytest.fixture(scope="module")
+def appearance_splits(tmp_path_factory) -> dict[str, list]:
+    root = tmp_path_factory.mktemp("appearance")
+    splits = {}
+    for split in ("test", "reenact"):
+        data = generate_dataset(root / split, num_videos=4, num_frames=4, resolution=32, seed=3, split=split,
+                                progress=False)
+        splits[split] = load_test_videos(data, GUIDANCE_TYPES)
+    return splits
+
+
+class _IdentityAutoencoder(torch.nn.Module):
+    """An autoencoder that reconstructs perfectly: encode and decode return their input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+
+    def encode(self, pixels):
+        return type("Encoded", (), {"latents": pixels})()
+
+    def decode(self, latents):
+        return type("Decoded", (), {"sample": latents})()
+
+
+def test_calibration_rows_separate_truth_ceiling_and_ignoring(appearance_splits):
+    videos = appearance_splits["test"]
+    truth, vae, ignoring = evaluation.calibration_rows(videos, _IdentityAutoencoder())
+    assert [row["method"] for row in (truth, vae, ignoring)] == [
+        evaluation.GROUND_TRUTH, evaluation.VAE_RECONSTRUCTION, evaluation.IGNORES_REFERENCE
+    ]
+    assert truth["part_delta_e"] == 0 and truth["background_delta_e"] == 0 and truth["retrieval"] == 1.0
+    assert vae["part_delta_e"] == pytest.approx(0, abs=1e-3) and vae["retrieval"] == 1.0  # a perfect autoencoder
+    assert ignoring["part_delta_e"] > 10 and ignoring["retrieval"] == ignoring["retrieval_chance"] == 0.25
+    assert evaluation.baseline_ratio([truth, ignoring], ignoring) == 1.0
+    assert ignoring["person_ssim"] < truth["person_ssim"] == pytest.approx(1.0)
+    tiny_vae = build_components()["vae"]  # random weights: much worse than the truth
+    assert evaluation.calibration_rows(videos, tiny_vae)[1]["part_delta_e"] > 10
+    with pytest.raises(ValueError, match="SynthDance"):
+        evaluation.calibration_rows([dataclasses.replace(videos[0], labels=None)])
+
+
+class _OraclePipe:
+    """A pipeline-shaped stand-in that returns a chosen video per test video: the ground truth (wears the reference
+    perfectly), A's original frames (ignores it) or the reference image it was given, repeated (copies it)."""
+
+    _execution_device = torch.device("cpu")
+
+    def __init__(self, videos, mode: str) -> None:
+        self.by_guidance = {id(video.guidance): video for video in videos}
+        self.mode = mode
+
+    def __call__(self, reference, guidance, num_inference_steps, **kwargs):
+        video = self.by_guidance[id(guidance)]
+        if self.mode == "truth":
+            frames = video.ground_truth
+        elif self.mode == "original":
+            frames = video.original
+        else:
+            frames = torch.from_numpy(reference).permute(2, 0, 1).float().div(255)[None].expand_as(video.ground_truth)
+        return type("Output", (), {"frames": [frames]})()
+
+
+@pytest.mark.parametrize("mode", ["truth", "original", "reference"])
+def test_reference_swap_and_spread_follow_what_the_output_wears(appearance_splits, mode):
+    videos = appearance_splits["reenact"]
+    assert all(video.split == "reenact" and video.original is not None for video in videos)
+    assert all(np.array_equal(video.reference, video.reference_frames[0]) for video in videos)
+    (row,) = evaluate_model(_OraclePipe(videos, mode), None, videos=videos, steps=[1], reference_frames=3,
+                            progress=False, warmup=False)
+    assert row["split"] == "reenact"
+    if mode == "truth":  # wears B's appearance exactly, whatever frame of B is the reference
+        assert row["part_delta_e"] == 0 and row["swap_ratio"] == 0 and row["reference_spread"] == 0
+        assert row["retrieval"] == 1.0
+    elif mode == "original":  # A's own look: the error to B's appearance is all there is
+        assert row["original_delta_e"] == 0 and math.isinf(row["swap_ratio"]) and row["reference_spread"] == 0
+    else:  # changes with every reference frame
+        assert row["reference_spread"] > 1e-3

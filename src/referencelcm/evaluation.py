@@ -1,7 +1,14 @@
 """Quality and speed of a pipeline on a Champ-layout test set: the paper's Table 3 (method × steps).
 
 Every test video is generated from its first ``images`` frame (the reference) and the guidance maps of the remaining
-frames, and scored against those remaining ``images`` frames. ``evaluate_model`` returns one row per number of steps;
+frames, and scored against those remaining ``images`` frames. On a SynthDance reenactment split (``referencelcm synth
+--split reenact``) the reference is frame 0 of the pair's ``reference/`` folder (identity B's own video) and the ground
+truth shows A's motion in B's appearance. SynthDance videos are also scored for appearance (:mod:`referencelcm.metrics`):
+person-region SSIM / PSNR / L1, per-part and background colour error (ΔE*ab), identity retrieval over the split, and
+on reenactment pairs the reference swap (error to B's appearance over error to A's own) and the spread of the output
+over several reference frames. ``calibration_rows`` scores the ground truth itself, the VAE's reconstruction and a
+model that ignores the reference, so every table shows what its numbers can reach.
+``evaluate_model`` returns one row per number of steps;
 ``write_report``, ``format_table`` and ``write_plot`` turn rows into ``report.json``, a Markdown table and a PNG;
 ``paired_difference`` compares two rows video by video (mean difference, its standard error, videos won);
 ``time_side_by_side`` times several pipelines interleaved on one video, for speed ratios that one busy moment of a
@@ -28,11 +35,32 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .data.layout import IMAGE_FOLDER, list_videos, read_guidance_frames, read_rgb, validate_video_dir
-from .metrics import FrechetDistance, LearnedPerceptualDistance, video_metrics
+from .data.layout import (
+    IMAGE_FOLDER,
+    MASK_FOLDER,
+    META_FILE,
+    SEMANTIC_FOLDER,
+    list_videos,
+    read_guidance_frames,
+    read_rgb,
+    validate_video_dir,
+)
+from .data.synthdance import NUM_PARTS, ORIGINAL_FOLDER, REENACT_SPLIT, REFERENCE_FOLDER, semantic_part_labels
+from .metrics import (
+    FrechetDistance,
+    LearnedPerceptualDistance,
+    appearance_signature,
+    identity_retrieval,
+    paint_regions,
+    part_colour_errors,
+    person_region_metrics,
+    reference_spread,
+    region_mean_colours,
+    video_metrics,
+)
 
 # Column key, header, and whether higher is better (None: no direction, shown beside the ground truth's value).
-METRIC_COLUMNS = (
+QUALITY_COLUMNS = (
     ("ssim", "SSIM ↑", True),
     ("psnr", "PSNR ↑", True),
     ("l1", "L1 ↓", False),
@@ -40,21 +68,50 @@ METRIC_COLUMNS = (
     ("fid", "FID ↓", False),
     ("fvd", "FVD ↓", False),
     ("flicker", "Flicker (GT)", None),
-    ("seconds_per_frame", "s / frame ↓", False),
 )
-PLOTTED_METRICS = ("ssim", "psnr", "l1", "lpips", "fid", "fvd", "flicker", "seconds_per_frame")
+# The appearance table (SynthDance only): does the generated person wear the reference?
+APPEARANCE_COLUMNS = (
+    ("person_ssim", "person SSIM ↑", True),
+    ("person_l1", "person L1 ↓", False),
+    ("part_delta_e", "part ΔE ↓", False),
+    ("part_ratio", "part ΔE ÷ ignoring ↓", False),
+    ("background_delta_e", "bg ΔE ↓", False),
+    ("retrieval", "retrieval (chance) ↑", True),
+    ("swap_ratio", "swap ΔE new ÷ orig ↓", False),
+    ("reference_spread", "ref. spread ↓", False),
+)
+SPEED_COLUMN = ("seconds_per_frame", "s / frame ↓", False)
+METRIC_COLUMNS = (*QUALITY_COLUMNS, *APPEARANCE_COLUMNS, SPEED_COLUMN)
+SELF_SPLIT = "self"
+# Calibration rows (:func:`calibration_rows`): what the metrics give for the truth, the VAE alone and no reference.
+GROUND_TRUTH = "ground truth"
+VAE_RECONSTRUCTION = "VAE reconstruction"
+IGNORES_REFERENCE = "ignores the reference"
+PLOTTED_METRICS = ("ssim", "psnr", "l1", "lpips", "fid", "fvd", "flicker", "person_l1", "part_delta_e",
+                   "seconds_per_frame")
 SAMPLE_FPS = 8
 
 
 @dataclass
 class TestVideo:
     """One test video: ``reference`` ``(H, W, 3)`` uint8 (frame 0), ``guidance`` ``{type: (F, H, W, 3)}`` uint8 and
-    ``ground_truth`` ``(F, 3, H, W)`` float in [0, 1] for frames 1 … F."""
+    ``ground_truth`` ``(F, 3, H, W)`` float in [0, 1] for frames 1 … F.
+
+    SynthDance videos also carry the ground truth's regions for the appearance metrics: ``labels`` ``(F, H, W)`` long
+    (parts ``0 … NUM_PARTS-1``, background ``-1``) and ``mask`` ``(F, H, W)`` bool. Reenactment pairs
+    (``split == "reenact"``) add ``original`` ``(F, 3, H, W)``, the motion video's own frames (A's appearance), and
+    ``reference_frames`` ``(K, H, W, 3)`` uint8, every frame of identity B's own video (``reference`` is the first).
+    """
 
     video_id: str
     reference: np.ndarray
     guidance: dict[str, np.ndarray]
     ground_truth: torch.Tensor
+    labels: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    original: torch.Tensor | None = None
+    reference_frames: np.ndarray | None = None
+    split: str = SELF_SPLIT
 
     @property
     def num_frames(self) -> int:
@@ -74,12 +131,12 @@ class QualityMetrics:
 # Data
 
 
-def _resize_stack(frames: np.ndarray, resolution: int | None) -> np.ndarray:
-    """``(..., H, W, 3)`` uint8 → square ``resolution`` px (bilinear), unchanged when ``resolution`` is None."""
+def _resize_stack(frames: np.ndarray, resolution: int | None, resample: int = Image.BILINEAR) -> np.ndarray:
+    """``(..., H, W, 3)`` uint8 → square ``resolution`` px (bilinear, or ``resample``), unchanged when None."""
     if resolution is None or frames.shape[-3:-1] == (resolution, resolution):
         return frames
     flat = frames.reshape(-1, *frames.shape[-3:])
-    resized = [np.asarray(Image.fromarray(frame).resize((resolution, resolution), Image.BILINEAR)) for frame in flat]
+    resized = [np.asarray(Image.fromarray(frame).resize((resolution, resolution), resample)) for frame in flat]
     return np.stack(resized).reshape(*frames.shape[:-3], resolution, resolution, 3)
 
 
@@ -126,9 +183,53 @@ def load_test_videos(
             name: _resize_stack(stack, resolution)
             for name, stack in read_guidance_frames(video, guidance_types, frames).items()
         }
-        ground_truth = torch.from_numpy(images[1:]).permute(0, 3, 1, 2).float() / 255.0
-        videos.append(TestVideo(video_dir.name, images[0], guidance, ground_truth))
+        ground_truth = _to_tensor(images[1:])
+        test_video = TestVideo(video_dir.name, images[0], guidance, ground_truth)
+        _add_synthdance_regions(test_video, video, frames, resolution)
+        videos.append(test_video)
     return videos
+
+
+def _to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """``(F, H, W, 3)`` uint8 → ``(F, 3, H, W)`` float in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
+
+
+def _read_folder(video_dir: Path, folder: str, frames: Sequence[int] | None, resolution: int | None,
+                 resample: int = Image.BILINEAR) -> np.ndarray:
+    """Frames (0-based numbers; None: all) of ``video_dir/folder`` as ``(F, H, W, 3)`` uint8, naturally ordered."""
+    files = sorted((video_dir / folder).glob("*.png"), key=lambda path: int(path.stem) if path.stem.isdigit() else 0)
+    if not files:
+        raise FileNotFoundError(f"video {str(video_dir)!r}: folder {folder!r} is missing or holds no PNG frames.")
+    chosen = files if frames is None else [files[index] for index in frames]
+    return _resize_stack(np.stack([read_rgb(path) for path in chosen]), resolution, resample)
+
+
+def _add_synthdance_regions(test_video: TestVideo, video: Any, frames: list[int], resolution: int | None) -> None:
+    """Fill ``labels`` / ``mask`` (and a reenactment pair's ``original`` / ``reference_frames``) from a SynthDance
+    video's ``semantic_map`` and ``mask`` folders and ``meta.json``; other videos are left without them."""
+    meta_path = video.path / META_FILE
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    except json.JSONDecodeError as error:
+        raise ValueError(f"video {str(video.path)!r}: {META_FILE} is not valid JSON ({error}).") from error
+    if meta.get("generator") != "synthdance" or not (video.path / SEMANTIC_FOLDER).is_dir():
+        return
+    semantic = _read_folder(video.path, SEMANTIC_FOLDER, frames, resolution, Image.NEAREST)
+    test_video.labels = torch.from_numpy(semantic_part_labels(semantic).astype(np.int64))
+    if (video.path / MASK_FOLDER).is_dir():
+        mask = _read_folder(video.path, MASK_FOLDER, frames, resolution, Image.NEAREST)
+        test_video.mask = torch.from_numpy(mask[..., 0] > 127)
+    else:
+        test_video.mask = test_video.labels >= 0
+    if "reenact" in meta:
+        pairing = meta["reenact"]
+        references = _read_folder(video.path, pairing.get("reference_folder", REFERENCE_FOLDER), None, resolution)
+        test_video.reference_frames = references
+        test_video.reference = references[0]
+        original_folder = pairing.get("original_folder", ORIGINAL_FOLDER)
+        test_video.original = _to_tensor(_read_folder(video.path, original_folder, frames, resolution))
+        test_video.split = REENACT_SPLIT
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -141,17 +242,27 @@ def _synchronize(device: torch.device) -> None:
 
 
 def generate_video(
-    pipe: Any, video: TestVideo, num_inference_steps: int, guidance_scale: float, seed: int, **call_kwargs: Any
+    pipe: Any,
+    video: TestVideo,
+    num_inference_steps: int,
+    guidance_scale: float,
+    seed: int,
+    reference: np.ndarray | None = None,
+    **call_kwargs: Any,
 ) -> tuple[torch.Tensor, float]:
-    """Generate one test video with a fixed seed: ``(F, 3, H, W)`` in [0, 1] on CPU, and the wall-clock seconds."""
+    """Generate one test video with a fixed seed: ``(F, 3, H, W)`` in [0, 1] on CPU, and the wall-clock seconds.
+
+    ``reference`` ``(H, W, 3)`` uint8 replaces the video's own reference (same guidance, same noise).
+    """
     device = pipe._execution_device
     generator = torch.Generator(device="cpu").manual_seed(seed)
     height, width = video.ground_truth.shape[-2:]
     _synchronize(device)
     start = time.perf_counter()
     output = pipe(
-        video.reference, video.guidance, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-        height=height, width=width, generator=generator, output_type="pt", **call_kwargs,
+        video.reference if reference is None else reference, video.guidance, num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale, height=height, width=width, generator=generator, output_type="pt",
+        **call_kwargs,
     )
     _synchronize(device)
     seconds = time.perf_counter() - start
@@ -308,8 +419,9 @@ def format_comparison_table(comparisons: Sequence[dict[str, Any]]) -> str:
         "|---|---|---|---:|---:|",
     ]
     for item in comparisons:
+        split = f" ({item['split']})" if item.get("split", SELF_SPLIT) != SELF_SPLIT else ""
         lines.append(
-            f"| {item['method']} {item['steps']} steps | {item['baseline_method']} {item['baseline_steps']} steps | "
+            f"| {item['method']} {item['steps']} steps{split} | {item['baseline_method']} {item['baseline_steps']} steps | "
             f"{headers[item['metric']]} | {format_difference(item)} | {item['better']} of {item['num_videos']} videos |"
         )
     return "\n".join(lines) + "\n"
@@ -318,21 +430,24 @@ def format_comparison_table(comparisons: Sequence[dict[str, Any]]) -> str:
 def teacher_student_comparisons(
     rows: Sequence[dict[str, Any]], key: str = "ssim", teacher: str = "teacher"
 ) -> list[dict[str, Any]]:
-    """Every ``"student"`` row against the ``teacher`` row of the same steps and the teacher's most-steps row.
+    """Every ``"student"`` row against the ``teacher`` row of the same steps and split, and the teacher's most-steps
+    row of that split (rows without ``key`` per video are skipped).
 
     ``teacher`` is the method label of the baseline rows, e.g. a second teacher pass at another CFG scale.
     """
-    teachers = {row["steps"]: row for row in rows if row["method"] == teacher}
-    if not teachers:
-        return []
-    most_steps = max(teachers)
     comparisons = []
-    for row in rows:
-        if row["method"] != "student":
+    for split in dict.fromkeys(row.get("split", SELF_SPLIT) for row in rows):
+        in_split = [row for row in rows if row.get("split", SELF_SPLIT) == split and key in row.get("per_video", {})]
+        teachers = {row["steps"]: row for row in in_split if row["method"] == teacher}
+        if not teachers:
             continue
-        for steps in dict.fromkeys((row["steps"], most_steps)):
-            if steps in teachers:
-                comparisons.append(paired_difference(row, teachers[steps], key))
+        most_steps = max(teachers)
+        for row in in_split:
+            if row["method"] != "student":
+                continue
+            for steps in dict.fromkeys((row["steps"], most_steps)):
+                if steps in teachers:
+                    comparisons.append({**paired_difference(row, teachers[steps], key), "split": split})
     return comparisons
 
 
@@ -356,6 +471,7 @@ def evaluate_model(
     warmup: bool = True,
     progress: bool = True,
     timesteps: Sequence[int] | None = None,
+    reference_frames: int = 1,
 ) -> list[dict[str, Any]]:
     """Generate every test video at every number of steps and score it against the ground truth.
 
@@ -374,13 +490,20 @@ def evaluate_model(
         warmup: generate the first video once, untimed, before measuring (first calls pay for allocation and kernels).
         timesteps: custom timesteps for every call (an ``LCMScheduler`` takes them); ``steps`` must then be
             ``[len(timesteps)]``. The row records them as ``timesteps``.
+        reference_frames: K ≥ 2 also generates every reenactment pair from K frames of identity B's own video
+            (evenly spaced, the first being the usual reference; same guidance and noise) and records their
+            :func:`~referencelcm.metrics.reference_spread` (K - 1 extra generations per pair and row).
 
     Returns:
         One dict per entry of ``steps``: ``method``, ``steps``, ``guidance_scale``, ``num_videos``, ``num_frames``,
         the means over videos of ``ssim``, ``psnr``, ``l1``, ``flicker``, ``flicker_ground_truth`` (and ``lpips``),
         ``fid`` / ``fvd`` over all frames / videos when given, ``seconds_per_frame``, ``sample_video`` and
-        ``per_video``: ``{metric: [one value per video, in videos order]}``.
+        ``per_video``: ``{metric: [one value per video, in videos order]}``. SynthDance videos add the appearance
+        scores (:func:`score_video`) and ``retrieval`` (the share of videos whose colour signature is nearest to their
+        own ground truth's among the split's, with ``retrieval_chance``); rows carry the ``split`` of their videos.
     """
+    if reference_frames < 1:
+        raise ValueError(f"`reference_frames` must be >= 1, got {reference_frames}.")
     if not steps:
         raise ValueError("`steps` must name at least one number of inference steps.")
     if videos is None:
@@ -407,28 +530,28 @@ def evaluate_model(
         for distance in (metrics.fid, metrics.fvd):
             if distance is not None:
                 distance.reset()
+        signatures = []
         for index, video in enumerate(videos):
             generated, seconds = generate_video(pipe, video, num_steps, guidance_scale, seed + index, **call_kwargs)
             total_seconds += seconds
             total_frames += video.num_frames
-            scores.append(_score(generated, video.ground_truth, metrics))
+            score = score_video(generated, video, metrics)
+            if reference_frames > 1 and video.reference_frames is not None:
+                outputs = [generated]
+                for reference in _spread_references(video, reference_frames)[1:]:
+                    outputs.append(generate_video(
+                        pipe, video, num_steps, guidance_scale, seed + index, reference=reference, **call_kwargs
+                    )[0])
+                score["reference_spread"] = reference_spread(torch.stack(outputs)).item()
+            scores.append(score)
+            signatures.append(_signature(generated, video))
             if sample_dir is not None and index == 0:
                 sample_video = str(write_side_by_side(
                     Path(sample_dir) / f"{method}_{num_steps}steps_{video.video_id}.mp4", video, generated
                 ))
             bar.update()
-        row = {
-            "method": method,
-            "steps": int(num_steps),
-            "guidance_scale": float(guidance_scale),
-            "num_videos": len(videos),
-            "num_frames": total_frames,
-            **{key: float(np.mean([score[key] for score in scores])) for key in scores[0]},
-            "seconds_per_frame": total_seconds / total_frames,
-            "sample_video": sample_video,
-            # in ``videos`` order, for comparisons paired video by video (:func:`paired_difference`)
-            "per_video": {key: [float(score[key]) for score in scores] for key in scores[0]},
-        }
+        row = _row(method, num_steps, guidance_scale, videos, scores, signatures)
+        row.update({"seconds_per_frame": total_seconds / total_frames, "sample_video": sample_video})
         if timesteps is not None:
             row["timesteps"] = list(timesteps)
         row.update(_frechet_scores(metrics))
@@ -437,8 +560,19 @@ def evaluate_model(
     return rows
 
 
-def _score(generated: torch.Tensor, ground_truth: torch.Tensor, metrics: QualityMetrics) -> dict[str, float]:
-    """Per-video scores; FID/FVD features are accumulated in ``metrics`` and computed per row."""
+def score_video(generated: torch.Tensor, video: TestVideo, metrics: QualityMetrics | None = None) -> dict[str, float]:
+    """Scores of one generated video ``(F, 3, H, W)`` in [0, 1] against ``video``'s ground truth.
+
+    Always ``ssim``, ``psnr``, ``l1``, ``flicker``, ``flicker_ground_truth`` (and ``lpips`` when given); FID / FVD
+    features are accumulated in ``metrics`` and computed per row. With the ground truth's regions (SynthDance):
+    ``person_ssim`` / ``person_psnr`` / ``person_l1`` (inside the person mask dilated by 2 px), ``part_delta_e``,
+    ``background_delta_e`` and ``appearance_delta_e`` (mean ΔE*ab of the region colours: the person's parts, the
+    background, all regions), each averaged over frames. A reenactment pair adds ``original_delta_e`` (the same error
+    measured against A's own appearance) and ``swap_ratio`` = ``appearance_delta_e / original_delta_e``: below 1 the
+    output wears the reference it was given rather than the motion video's own look.
+    """
+    metrics = metrics or QualityMetrics()
+    ground_truth = video.ground_truth
     scores = video_metrics(generated, ground_truth)
     if metrics.lpips is not None:
         scores["lpips"] = metrics.lpips(generated, ground_truth).mean().item()
@@ -448,7 +582,122 @@ def _score(generated: torch.Tensor, ground_truth: torch.Tensor, metrics: Quality
     if metrics.fvd is not None:
         metrics.fvd.update(ground_truth.permute(1, 0, 2, 3)[None], real=True)
         metrics.fvd.update(generated.permute(1, 0, 2, 3)[None], real=False)
+    if video.labels is None:
+        return scores
+    for key, values in person_region_metrics(generated, ground_truth, video.mask).items():
+        if key.startswith("person_"):
+            scores[key] = _nanmean(values)
+    errors = part_colour_errors(generated, ground_truth, video.labels, NUM_PARTS)
+    scores.update(
+        part_delta_e=_nanmean(errors["part"]), background_delta_e=_nanmean(errors["background"]),
+        appearance_delta_e=_nanmean(errors["all"]),
+    )
+    if video.original is not None:
+        original = _nanmean(part_colour_errors(generated, video.original, video.labels, NUM_PARTS)["all"])
+        appearance = scores["appearance_delta_e"]
+        ratio = appearance / original if original > 0 else (math.inf if appearance > 0 else math.nan)
+        scores.update(original_delta_e=original, swap_ratio=ratio)
     return scores
+
+
+def _nanmean(values: torch.Tensor) -> float:
+    finite = values[~values.isnan()]
+    return finite.mean().item() if finite.numel() else math.nan
+
+
+def _signature(generated: torch.Tensor, video: TestVideo) -> torch.Tensor | None:
+    """The generated video's colour signature ``(NUM_PARTS + 1, 3)`` on the ground truth's regions (None without)."""
+    return None if video.labels is None else appearance_signature(generated, video.labels, NUM_PARTS)
+
+
+def _spread_references(video: TestVideo, count: int) -> list[np.ndarray]:
+    """``count`` evenly spaced frames of the reenactment pair's ``reference_frames``, the first being frame 0."""
+    positions = np.unique(np.linspace(0, len(video.reference_frames) - 1, count).round().astype(int))
+    return [video.reference_frames[position] for position in positions]
+
+
+def _row(
+    method: str,
+    steps: int | None,
+    guidance_scale: float | None,
+    videos: Sequence[TestVideo],
+    scores: Sequence[dict[str, float]],
+    signatures: Sequence[torch.Tensor | None],
+) -> dict[str, Any]:
+    """One table row: means over videos of every score, ``per_video`` lists and, when every video has its regions,
+    identity ``retrieval`` against the ground-truth signatures of the same videos."""
+    keys = [key for key in scores[0] if all(key in score for score in scores)]
+    per_video = {key: [float(score[key]) for score in scores] for key in keys}
+    row = {
+        "method": method,
+        "steps": None if steps is None else int(steps),
+        "guidance_scale": None if guidance_scale is None else float(guidance_scale),
+        "split": videos[0].split if len({video.split for video in videos}) == 1 else "mixed",
+        "num_videos": len(videos),
+        "num_frames": sum(video.num_frames for video in videos),
+        **{key: float(np.nanmean(values)) if not all(map(math.isnan, values)) else math.nan
+           for key, values in per_video.items()},
+    }
+    if len(videos) > 1 and all(signature is not None for signature in signatures):
+        gallery = torch.stack([_ground_truth_signature(video) for video in videos])
+        retrieval = identity_retrieval(torch.stack(list(signatures)), gallery, torch.arange(len(videos)))
+        per_video["retrieval"] = retrieval["correct"].double().tolist()
+        row.update(retrieval=retrieval["accuracy"], retrieval_chance=retrieval["chance"])
+    row["per_video"] = per_video  # in ``videos`` order, for comparisons paired video by video (paired_difference)
+    return row
+
+
+def _ground_truth_signature(video: TestVideo) -> torch.Tensor:
+    return appearance_signature(video.ground_truth, video.labels, NUM_PARTS)
+
+
+def split_mean_colours(videos: Sequence[TestVideo]) -> torch.Tensor:
+    """The split's average colour of every region: the mean over videos of each video's mean RGB colour of that
+    region (over the frames showing it), ``(NUM_PARTS + 1, 3)`` in [0, 1] (grey where no video shows a region)."""
+    per_video = [region_mean_colours(video.ground_truth, video.labels, NUM_PARTS).nanmean(dim=0) for video in videos]
+    colours = torch.stack(per_video).nanmean(dim=0)
+    return torch.nan_to_num(colours, nan=0.5)
+
+
+@torch.no_grad()
+def reconstruct_with_vae(vae: Any, frames: torch.Tensor, chunk_size: int = 8) -> torch.Tensor:
+    """Encode → decode ``frames`` ``(F, 3, H, W)`` in [0, 1] through an autoencoder (the latent distribution's mode
+    for an ``AutoencoderKL``), in chunks; ``(F, 3, H, W)`` in [0, 1] on CPU. No diffusion: the VAE's ceiling."""
+    parameter = next(vae.parameters())
+    outputs = []
+    for chunk in frames.split(chunk_size):
+        pixels = (chunk * 2 - 1).to(parameter.device, parameter.dtype)
+        encoded = vae.encode(pixels)
+        latents = encoded.latent_dist.mode() if hasattr(encoded, "latent_dist") else encoded.latents
+        decoded = vae.decode(latents).sample
+        outputs.append(((decoded.float() + 1) / 2).clamp(0, 1).cpu())
+    return torch.cat(outputs)
+
+
+def calibration_rows(videos: Sequence[TestVideo], vae: Any | None = None) -> list[dict[str, Any]]:
+    """The rows every appearance table needs to be read: what its metrics give for
+
+    * ``ground truth``: the true frames themselves (ΔE 0, retrieval 100 %);
+    * ``VAE reconstruction``: the true frames through ``vae`` alone (the ceiling of any model using that VAE);
+    * ``ignores the reference``: every region of the true frames painted in the split's average colour of that region
+      (:func:`split_mean_colours`): a model that gets pose and body right but ignores the reference (chance retrieval).
+
+    Only for videos with regions (SynthDance). A reenactment split's ``swap_ratio`` is scored as for a model.
+    """
+    if not videos or any(video.labels is None for video in videos):
+        raise ValueError("`videos` must be SynthDance test videos with semantic maps (the regions the metrics use).")
+    colours = split_mean_colours(videos)
+    candidates = [(GROUND_TRUTH, lambda video: video.ground_truth)]
+    if vae is not None:
+        candidates.append((VAE_RECONSTRUCTION, lambda video: reconstruct_with_vae(vae, video.ground_truth)))
+    candidates.append((IGNORES_REFERENCE, lambda video: paint_regions(video.labels, colours).float()))
+    rows = []
+    for label, produce in candidates:
+        outputs = [produce(video) for video in videos]
+        scores = [score_video(output, video) for output, video in zip(outputs, videos)]
+        signatures = [_signature(output, video) for output, video in zip(outputs, videos)]
+        rows.append(_row(label, None, None, videos, scores, signatures))
+    return rows
 
 
 def _frechet_scores(metrics: QualityMetrics) -> dict[str, float]:
@@ -504,24 +753,36 @@ def write_side_by_side(
 def _format_value(value: Any, key: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    if key in ("psnr", "fid", "fvd"):
+    if key == "retrieval":
+        return f"{100 * value:.1f}%"
+    if key in ("psnr", "fid", "fvd", "part_delta_e", "background_delta_e"):
         return f"{value:.2f}"
     if key == "seconds_per_frame":
         return f"{value:.4g}"
     return f"{value:.4f}"
 
 
-def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """A Markdown table in the form of the paper's Table 3: one line per (method, steps), a column per metric present.
+def baseline_ratio(rows: Sequence[dict[str, Any]], row: dict[str, Any], key: str = "part_delta_e") -> float:
+    """``row[key]`` over the :data:`IGNORES_REFERENCE` calibration row's of the same split: how much of the error of
+    a model that ignores the reference is left (1: no better than ignoring it, 0: perfect). NaN without that row."""
+    split = row.get("split", SELF_SPLIT)
+    baselines = [
+        other for other in rows if other["method"] == IGNORES_REFERENCE and other.get("split", SELF_SPLIT) == split
+    ]
+    value, baseline = row.get(key), baselines[0].get(key) if baselines else None
+    if value is None or baseline is None or not baseline > 0:
+        return math.nan
+    return float(value) / float(baseline)
 
-    Flicker is shown with the ground truth's own flicker in brackets (generated videos should match it, not beat it).
-    """
-    if not rows:
-        raise ValueError("`rows` is empty: nothing to tabulate.")
-    columns = [(key, header) for key, header, _ in METRIC_COLUMNS if any(row.get(key) is not None for row in rows)]
+
+def _table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, bool | None]]) -> str:
+    """One Markdown table of ``rows`` with the ``columns`` any row has (a Split column when rows span splits)."""
+    columns = [(key, header) for key, header, _ in columns if any(row.get(key) is not None for row in rows)]
+    show_split = any(row.get("split", SELF_SPLIT) != SELF_SPLIT for row in rows)
     lines = [
-        "| Method | Steps | CFG | " + " | ".join(header for _, header in columns) + " |",
-        "|---|---:|---:|" + "---:|" * len(columns),
+        "| Method | " + ("Split | " if show_split else "") + "Steps | CFG | "
+        + " | ".join(header for _, header in columns) + " |",
+        "|---|" + ("---|" if show_split else "") + "---:|---:|" + "---:|" * len(columns),
     ]
     for row in rows:
         cells = []
@@ -529,10 +790,34 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
             cell = _format_value(row.get(key), key)
             if key == "flicker" and row.get("flicker_ground_truth") is not None:
                 cell += f" ({_format_value(row['flicker_ground_truth'], key)})"
+            if key == "retrieval" and row.get("retrieval_chance") is not None:
+                cell += f" ({_format_value(row['retrieval_chance'], key)})"
             cells.append(cell)
-        prefix = f"| {row['method']} | {row['steps']} | {row.get('guidance_scale', 1.0):g} | "
+        steps = "–" if row.get("steps") is None else row["steps"]
+        scale = row.get("guidance_scale", 1.0)
+        prefix = f"| {row['method']} | " + (f"{row.get('split', SELF_SPLIT)} | " if show_split else "")
+        prefix += f"{steps} | {'–' if scale is None else format(scale, 'g')} | "
         lines.append(prefix + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The quality table (the paper's Table-3 form): one Markdown row per :func:`evaluate_model` row (and per
+    calibration row), whole-frame SSIM / PSNR / L1 / flicker (LPIPS, FID, FVD when measured) and seconds per frame."""
+    if not rows:
+        raise ValueError("`rows` is empty: nothing to tabulate.")
+    return _table(rows, (*QUALITY_COLUMNS, SPEED_COLUMN))
+
+
+def format_appearance_table(rows: Sequence[dict[str, Any]]) -> str | None:
+    """The appearance table: the rows with appearance scores (SynthDance data), calibration rows first, with the part
+    error as a share of the ignores-the-reference row's (:func:`baseline_ratio`). None when no row has them."""
+    rows = [row for row in rows if row.get("part_delta_e") is not None]
+    if not rows:
+        return None
+    rows = [{**row, "part_ratio": baseline_ratio(rows, row)} for row in rows]
+    rows.sort(key=lambda row: row["steps"] is not None)  # calibration rows (no steps) first, stable otherwise
+    return _table(rows, APPEARANCE_COLUMNS)
 
 
 def write_text_atomically(path: str | os.PathLike, text: str) -> None:
@@ -570,10 +855,20 @@ def write_report(
     comparisons: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Path]:
     """Write ``report.json`` (settings, rows, :func:`paired_difference` ``comparisons`` and the
-    :func:`time_side_by_side` ``speed`` rows) and ``table.md``."""
+    :func:`time_side_by_side` ``speed`` rows) and ``table.md`` (quality, appearance, comparison and speed tables).
+
+    Rows with appearance scores gain ``part_ratio`` (:func:`baseline_ratio`) in the report.
+    """
     output_dir = Path(output_dir)
-    report = {"settings": settings or {}, "rows": list(rows)}
+    rows = [
+        {**row, "part_ratio": baseline_ratio(rows, row)} if row.get("part_delta_e") is not None else row
+        for row in rows
+    ]
+    report = {"settings": settings or {}, "rows": rows}
     table = format_table(rows)
+    appearance = format_appearance_table(rows)
+    if appearance:
+        table += "\n" + appearance
     if comparisons:
         report["comparisons"] = list(comparisons)
         table += "\n" + format_comparison_table(comparisons)
@@ -598,16 +893,24 @@ def write_plot(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path 
         return None
     keys = [key for key in PLOTTED_METRICS if any(row.get(key) is not None for row in rows)]
     headers = {key: header for key, header, _ in METRIC_COLUMNS}
-    methods = list(dict.fromkeys(row["method"] for row in rows))
-    all_steps = sorted({row["steps"] for row in rows})
+    show_split = any(row.get("split", SELF_SPLIT) != SELF_SPLIT for row in rows)
+
+    def label(row: dict[str, Any]) -> str:
+        return row["method"] + (f" ({row.get('split', SELF_SPLIT)})" if show_split else "")
+
+    models = [row for row in rows if row.get("steps") is not None]
+    calibration = [row for row in rows if row.get("steps") is None]  # no steps: a horizontal line
+    all_steps = sorted({row["steps"] for row in models})
     figure, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.0), squeeze=False)
     for axis, key in zip(axes[0], keys):
-        for method in methods:
-            points = sorted(
-                (row["steps"], row[key]) for row in rows if row["method"] == method and row.get(key) is not None
-            )
+        for name in dict.fromkeys(map(label, models)):
+            points = sorted((row["steps"], row[key]) for row in models if label(row) == name and row.get(key) is not None)
             if points:
-                axis.plot(*zip(*points), marker="o", label=method)
+                axis.plot(*zip(*points), marker="o", label=name)
+        for row in calibration:
+            if row.get(key) is not None and math.isfinite(row[key]):
+                axis.axhline(row[key], linestyle="--", linewidth=1, color="grey")
+                axis.annotate(label(row), (0.01, row[key]), xycoords=("axes fraction", "data"), fontsize=6)
         axis.set_xscale("log", base=2)
         axis.set_xticks(all_steps, [str(steps) for steps in all_steps])
         axis.minorticks_off()

@@ -1,4 +1,5 @@
-"""Quality metrics for generated videos: SSIM, PSNR, L1, temporal flicker, and FID/FVD/LPIPS from local weights.
+"""Quality metrics for generated videos: SSIM, PSNR, L1, temporal flicker, appearance fidelity, and FID/FVD/LPIPS
+from local weights.
 
 Input convention (checked by every public function):
 
@@ -9,6 +10,13 @@ Input convention (checked by every public function):
 Per-image metrics (:func:`ssim`, :func:`psnr`, :func:`l1`) return one value per image: shape ``(N,)`` for
 ``(N, 3, H, W)`` input and ``(B, F)`` for ``(B, 3, F, H, W)`` input, in float64.
 
+Appearance fidelity (does the generated person wear the reference?) needs a per-pixel region map of the ground
+truth: ``labels`` ``(N, H, W)`` integers, ``0 … P-1`` for the person's parts (SynthDance's semantic-map parts) and
+``-1`` for the background, and the person ``mask`` ``(N, H, W)`` bool. :func:`person_region_metrics` scores only the
+person; :func:`region_mean_colours` / :func:`part_colour_errors` compare each region's mean colour in CIELAB
+(ΔE*ab, CIE 1976: the Euclidean distance in L*a*b*, D65 white); :func:`appearance_signature`,
+:func:`identity_retrieval` and :func:`reference_spread` work on whole videos.
+
 FID, FVD and LPIPS need pretrained feature networks. Nothing here downloads anything: they work only
 from files the caller points to, and raise a clear error otherwise.
 """
@@ -18,7 +26,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -27,11 +35,21 @@ from einops import rearrange
 __all__ = [
     "FrechetDistance",
     "LearnedPerceptualDistance",
+    "appearance_signature",
+    "delta_e",
     "feature_statistics",
     "frechet_distance",
+    "identity_retrieval",
     "l1",
     "load_feature_network",
+    "paint_regions",
+    "part_colour_errors",
+    "person_region_metrics",
     "psnr",
+    "reference_spread",
+    "region_mean_colours",
+    "rgb_to_lab",
+    "signature_distance",
     "ssim",
     "temporal_flicker",
     "temporal_flicker_comparison",
@@ -112,6 +130,25 @@ def _gaussian_filter_valid(maps: torch.Tensor) -> torch.Tensor:
     return F.conv2d(maps, taps.view(1, 1, 1, -1))
 
 
+def _ssim_map(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """SSIM of every full 11×11 window: float ``(N, 3, H, W)`` pairs → ``(N, 3, H-10, W-10)``."""
+    num_images, num_channels, height, width = x.shape
+    # All five moments in one filtering pass: (5 * N * 3, 1, H, W).
+    moments = torch.stack([x, y, x * x, y * y, x * y]).reshape(-1, 1, height, width)
+    filtered = _gaussian_filter_valid(moments)
+    filtered = filtered.reshape(5, num_images, num_channels, *filtered.shape[-2:])
+    mean_x, mean_y, mean_xx, mean_yy, mean_xy = filtered
+    variance_x = mean_xx - mean_x * mean_x
+    variance_y = mean_yy - mean_y * mean_y
+    covariance = mean_xy - mean_x * mean_y
+
+    c1 = (SSIM_K1 * DATA_RANGE) ** 2
+    c2 = (SSIM_K2 * DATA_RANGE) ** 2
+    numerator = (2 * mean_x * mean_y + c1) * (2 * covariance + c2)
+    denominator = (mean_x * mean_x + mean_y * mean_y + c1) * (variance_x + variance_y + c2)
+    return numerator / denominator
+
+
 def ssim(images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
     """Structural similarity (Wang et al. 2004) per image, averaged over channels.
 
@@ -136,23 +173,7 @@ def ssim(images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
         )
     x, unflatten = _as_frames(images)
     y, _ = _as_frames(references)
-    num_images, num_channels, height, width = x.shape
-
-    # All five moments in one filtering pass: (5 * N * 3, 1, H, W).
-    moments = torch.stack([x, y, x * x, y * y, x * y]).reshape(-1, 1, height, width)
-    filtered = _gaussian_filter_valid(moments)
-    filtered = filtered.reshape(5, num_images, num_channels, *filtered.shape[-2:])
-    mean_x, mean_y, mean_xx, mean_yy, mean_xy = filtered
-    variance_x = mean_xx - mean_x * mean_x
-    variance_y = mean_yy - mean_y * mean_y
-    covariance = mean_xy - mean_x * mean_y
-
-    c1 = (SSIM_K1 * DATA_RANGE) ** 2
-    c2 = (SSIM_K2 * DATA_RANGE) ** 2
-    numerator = (2 * mean_x * mean_y + c1) * (2 * covariance + c2)
-    denominator = (mean_x * mean_x + mean_y * mean_y + c1) * (variance_x + variance_y + c2)
-    ssim_map = numerator / denominator  # (N, 3, H-10, W-10)
-    return unflatten(ssim_map.mean(dim=(1, 2, 3)))
+    return unflatten(_ssim_map(x, y).mean(dim=(1, 2, 3)))
 
 
 def psnr(images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
@@ -269,6 +290,264 @@ def video_metrics(generated: torch.Tensor, ground_truth: torch.Tensor) -> dict[s
         "l1": l1(generated, ground_truth).mean().item(),
         **temporal_flicker_comparison(generated, ground_truth),
     }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# appearance fidelity: person region, per-part colour, identity retrieval, reference spread
+
+# sRGB (IEC 61966-2-1) → XYZ, D65 white.
+_RGB_TO_XYZ = (
+    (0.4124564, 0.3575761, 0.1804375),
+    (0.2126729, 0.7151522, 0.0721750),
+    (0.0193339, 0.1191920, 0.9503041),
+)
+_D65_WHITE = (0.95047, 1.0, 1.08883)
+DEFAULT_MIN_REGION_PIXELS = 4  # smaller regions (a part seen edge-on) give a mean colour of a pixel or two: noise
+
+
+def _check_region_maps(images: torch.Tensor, labels: torch.Tensor, name: str = "labels") -> None:
+    _check_pixels("images", images, allowed_ndims=(4,))
+    if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        received = labels.dtype if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(f"`{name}` must be an integer tensor (N, H, W); received {received}.")
+    expected = (images.shape[0], *images.shape[2:])
+    if tuple(labels.shape) != expected:
+        raise ValueError(f"`{name}` must have shape {expected} (N, H, W of `images`); received {tuple(labels.shape)}.")
+
+
+def rgb_to_lab(colours: torch.Tensor) -> torch.Tensor:
+    """sRGB colours in [0, 1] → CIELAB (D65): ``(..., 3)`` → float64 ``(..., 3)`` (L* in [0, 100]). NaN stays NaN."""
+    if not isinstance(colours, torch.Tensor) or colours.shape[-1:] != (3,):
+        shape = tuple(colours.shape) if isinstance(colours, torch.Tensor) else type(colours).__name__
+        raise ValueError(f"`colours` must be a tensor of shape (..., 3); received {shape}.")
+    rgb = colours.to(torch.float64)
+    linear = torch.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    matrix = torch.tensor(_RGB_TO_XYZ, dtype=torch.float64, device=rgb.device)
+    xyz = linear @ matrix.T / torch.tensor(_D65_WHITE, dtype=torch.float64, device=rgb.device)
+    epsilon, kappa = 216 / 24389, 24389 / 27
+    f = torch.where(xyz > epsilon, xyz.clamp_min(0) ** (1 / 3), (kappa * xyz + 16) / 116)
+    return torch.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], dim=-1)
+
+
+def delta_e(lab_a: torch.Tensor, lab_b: torch.Tensor) -> torch.Tensor:
+    """CIE 1976 colour difference ΔE*ab: Euclidean distance of L*a*b* colours ``(..., 3)`` → ``(...)``.
+
+    About 2.3 is a just-noticeable difference; ΔE between strong palette colours is 50–150. NaN where either is NaN.
+    """
+    return (lab_a.to(torch.float64) - lab_b.to(torch.float64)).square().sum(dim=-1).sqrt()
+
+
+def region_mean_colours(
+    images: torch.Tensor, labels: torch.Tensor, num_parts: int, min_pixels: int = DEFAULT_MIN_REGION_PIXELS
+) -> torch.Tensor:
+    """Mean RGB colour of each region of each image.
+
+    Args:
+        images: ``(N, 3, H, W)`` in [0, 1].
+        labels: ``(N, H, W)`` integers: ``0 … num_parts-1`` parts, ``-1`` background.
+        num_parts: P, the number of part labels.
+        min_pixels: regions with fewer pixels count as absent.
+
+    Returns:
+        float64 ``(N, P + 1, 3)`` RGB: rows ``0 … P-1`` the parts, row ``P`` the background; NaN where absent.
+    """
+    _check_region_maps(images, labels)
+    if labels.numel() and (labels.min() < -1 or labels.max() >= num_parts):
+        raise ValueError(f"`labels` must lie in [-1, {num_parts - 1}]; received [{labels.min()}, {labels.max()}].")
+    num_images = images.shape[0]
+    regions = torch.where(labels < 0, num_parts, labels).long().flatten(1)  # (N, HW), background = P
+    pixels = images.to(torch.float64).flatten(2)  # (N, 3, HW)
+    sums = torch.zeros(num_images, 3, num_parts + 1, dtype=torch.float64, device=images.device)
+    sums.scatter_add_(2, regions[:, None].expand(-1, 3, -1), pixels)
+    counts = torch.zeros(num_images, num_parts + 1, dtype=torch.float64, device=images.device)
+    counts.scatter_add_(1, regions, torch.ones_like(regions, dtype=torch.float64))
+    means = sums.transpose(1, 2) / counts.clamp_min(1)[..., None]
+    return torch.where((counts >= max(min_pixels, 1))[..., None], means, torch.full_like(means, math.nan))
+
+
+def part_colour_errors(
+    generated: torch.Tensor,
+    ground_truth: torch.Tensor,
+    labels: torch.Tensor,
+    num_parts: int,
+    min_pixels: int = DEFAULT_MIN_REGION_PIXELS,
+) -> dict[str, torch.Tensor]:
+    """Per-region colour error: ΔE*ab between the mean colour of ``generated`` and of ``ground_truth`` in each region
+    of the ground truth's ``labels``.
+
+    Args:
+        generated, ground_truth: ``(N, 3, H, W)`` in [0, 1].
+        labels: the ground truth's regions ``(N, H, W)`` (``-1`` background).
+        num_parts: P.
+        min_pixels: regions with fewer ground-truth pixels are left out (NaN).
+
+    Returns:
+        ``"regions"``: ΔE ``(N, P + 1)`` (NaN where absent); ``"part"``: mean over the person's parts present
+        ``(N,)``; ``"background"``: ``(N,)``; ``"all"``: mean over every region present, background included ``(N,)``.
+    """
+    _check_pair(generated, ground_truth)
+    truth = region_mean_colours(ground_truth, labels, num_parts, min_pixels)
+    absent = truth.isnan().any(dim=-1)
+    # The generated image's mean over the same pixels (its own regions may differ: it is scored on the truth's).
+    produced = region_mean_colours(generated, labels, num_parts, min_pixels)
+    errors = delta_e(rgb_to_lab(produced), rgb_to_lab(truth))
+    errors = torch.where(absent, torch.full_like(errors, math.nan), errors)
+    return {
+        "regions": errors,
+        "part": errors[:, :num_parts].nanmean(dim=1),
+        "background": errors[:, num_parts],
+        "all": errors.nanmean(dim=1),
+    }
+
+
+def _dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """Binary dilation of ``(N, H, W)`` bool masks by a square of side ``2 radius + 1``."""
+    if radius <= 0:
+        return mask
+    return F.max_pool2d(mask[:, None].float(), 2 * radius + 1, stride=1, padding=radius)[:, 0] > 0
+
+
+def person_region_metrics(
+    generated: torch.Tensor, ground_truth: torch.Tensor, mask: torch.Tensor, dilation: int = 2
+) -> dict[str, torch.Tensor]:
+    """SSIM, PSNR and L1 of the person only: inside the ground truth's person mask dilated by ``dilation`` pixels
+    (``person_*``) and inside that region's bounding box (``box_*``).
+
+    SSIM is the mean of the per-pixel SSIM map (11×11 Gaussian windows as :func:`ssim`, on images reflect-padded by
+    the window radius so that every pixel has a window) over the region; PSNR is ``10·log10(1 / MSE)`` of the region's
+    pixels (``inf`` when they are reproduced exactly).
+
+    Args:
+        generated, ground_truth: ``(N, 3, H, W)`` in [0, 1], H, W ≥ 6.
+        mask: ``(N, H, W)`` bool, the ground truth's person.
+        dilation: pixels added around the mask (a generated person a pixel off still counts as the person).
+
+    Returns:
+        float64 ``(N,)`` each: ``person_ssim``, ``person_psnr``, ``person_l1``, ``box_ssim``, ``box_psnr``, ``box_l1``;
+        NaN for an image whose mask is empty.
+    """
+    _check_pair(generated, ground_truth)
+    if generated.ndim != 4:
+        raise ValueError(f"`generated` must have shape (N, 3, H, W); received {tuple(generated.shape)}.")
+    if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != (generated.shape[0], *generated.shape[2:]):
+        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"`mask` must be a tensor of shape (N, H, W) matching `generated`; received {shape}.")
+    radius = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
+    if min(generated.shape[-2:]) <= radius:
+        raise ValueError(f"`generated` must be larger than {radius} pixels; received {tuple(generated.shape)}.")
+    x, y = generated.to(_compute_dtype(generated)), ground_truth.to(_compute_dtype(ground_truth))
+    region = _dilate(mask.bool().to(x.device), dilation)
+    rows, columns = region.any(dim=2), region.any(dim=1)  # (N, H), (N, W)
+    box = rows[:, :, None] & columns[:, None, :]
+    padded = [F.pad(image, (radius,) * 4, mode="reflect") for image in (x, y)]
+    ssim_map = _ssim_map(*padded).mean(dim=1)  # (N, H, W)
+    absolute = (x - y).abs().mean(dim=1)
+    squared = (x - y).square().mean(dim=1)
+    results = {}
+    for prefix, area in (("person", region), ("box", box)):
+        weights = area.to(x.dtype)
+        count = weights.sum(dim=(1, 2))
+        empty = count == 0
+        count = count.clamp_min(1)
+        mse = (squared * weights).sum(dim=(1, 2)) / count
+        psnr_values = torch.where(
+            mse > 0, 10 * torch.log10(DATA_RANGE**2 / mse.clamp_min(torch.finfo(mse.dtype).tiny)),
+            torch.full_like(mse, math.inf),
+        )
+        for key, value in (
+            ("ssim", (ssim_map * weights).sum(dim=(1, 2)) / count),
+            ("psnr", psnr_values),
+            ("l1", (absolute * weights).sum(dim=(1, 2)) / count),
+        ):
+            results[f"{prefix}_{key}"] = torch.where(empty, torch.full_like(value, math.nan), value)
+    return results
+
+
+def appearance_signature(
+    video: torch.Tensor, labels: torch.Tensor, num_parts: int, min_pixels: int = DEFAULT_MIN_REGION_PIXELS
+) -> torch.Tensor:
+    """A video's colour signature: each region's mean colour in CIELAB, averaged over the frames showing it.
+
+    Args:
+        video: ``(F, 3, H, W)`` in [0, 1].
+        labels: the ground truth's regions ``(F, H, W)`` (``-1`` background).
+        num_parts: P.
+
+    Returns:
+        float64 ``(P + 1, 3)`` L*a*b* (row P the background); NaN for a region no frame shows.
+    """
+    lab = rgb_to_lab(region_mean_colours(video, labels, num_parts, min_pixels))  # (F, P + 1, 3)
+    return lab.nanmean(dim=0)
+
+
+def signature_distance(signature_a: torch.Tensor, signature_b: torch.Tensor) -> torch.Tensor:
+    """Mean ΔE*ab over the regions present in both signatures: ``(..., R, 3)`` pairs (broadcast) → ``(...)``;
+    NaN when they share no region."""
+    return delta_e(signature_a, signature_b).nanmean(dim=-1)
+
+
+def identity_retrieval(queries: torch.Tensor, gallery: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+    """Nearest-signature identification: each query is assigned the gallery entry at the smallest
+    :func:`signature_distance` (the first on a tie).
+
+    Args:
+        queries: signatures of the generated videos ``(N, R, 3)``.
+        gallery: signatures of the split's identities ``(M, R, 3)``, e.g. of the ground-truth videos.
+        targets: the right gallery index per query ``(N,)``.
+
+    Returns:
+        ``accuracy`` (float), ``chance`` (``1 / M``), ``predictions`` ``(N,)`` long, ``correct`` ``(N,)`` bool and
+        ``distances`` ``(N, M)``.
+    """
+    if queries.ndim != 3 or gallery.ndim != 3 or queries.shape[1:] != gallery.shape[1:]:
+        raise ValueError(
+            f"`queries` (N, R, 3) and `gallery` (M, R, 3) must share R; received {tuple(queries.shape)} and "
+            f"{tuple(gallery.shape)}."
+        )
+    targets = torch.as_tensor(targets, dtype=torch.long)
+    if targets.shape != (queries.shape[0],) or (targets.numel() and not 0 <= targets.min() <= targets.max() < len(gallery)):
+        raise ValueError(f"`targets` must hold one gallery index in [0, {len(gallery)}) per query; received {targets}.")
+    distances = signature_distance(queries[:, None], gallery[None])  # (N, M)
+    predictions = torch.nan_to_num(distances, nan=math.inf).argmin(dim=1)
+    correct = predictions == targets
+    return {
+        "accuracy": correct.double().mean().item(),
+        "chance": 1.0 / len(gallery),
+        "predictions": predictions,
+        "correct": correct,
+        "distances": distances,
+    }
+
+
+def paint_regions(labels: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
+    """Images that paint every region in one colour: ``labels`` ``(N, H, W)`` (``-1`` background) and RGB
+    ``colours`` ``(P + 1, 3)`` in [0, 1] (row P the background) → ``(N, 3, H, W)`` float64.
+
+    With each region in the split's average colour of that region, this is the "ignores the reference" baseline.
+    """
+    if not isinstance(colours, torch.Tensor) or colours.ndim != 2 or colours.shape[1] != 3:
+        raise ValueError(f"`colours` must be a tensor (P + 1, 3); received {getattr(colours, 'shape', colours)}.")
+    num_parts = colours.shape[0] - 1
+    regions = torch.where(labels < 0, num_parts, labels).long()
+    return colours.to(torch.float64)[regions].permute(0, 3, 1, 2).contiguous()
+
+
+def reference_spread(outputs: torch.Tensor) -> torch.Tensor:
+    """How much a video changes with the reference frame: the mean L1 between every pair of ``K`` outputs generated
+    with the same guidance and noise from ``K`` references of one video (0 when the output ignores which frame).
+
+    Args:
+        outputs: ``(K, F, 3, H, W)`` in [0, 1], K ≥ 2.
+
+    Returns:
+        float64 0-d tensor: mean over pairs ``a < b`` of ``mean |outputs[a] - outputs[b]|``.
+    """
+    if not isinstance(outputs, torch.Tensor) or outputs.ndim != 5 or outputs.shape[0] < 2:
+        shape = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
+        raise ValueError(f"`outputs` must have shape (K, F, 3, H, W) with K >= 2; received {shape}.")
+    flat = outputs.to(torch.float64).flatten(1)
+    first, second = torch.triu_indices(len(flat), len(flat), offset=1)
+    return (flat[first] - flat[second]).abs().mean(dim=1).mean()
 
 
 # ----------------------------------------------------------------------------------------------------------

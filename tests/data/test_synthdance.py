@@ -235,3 +235,73 @@ def test_referencelcm_synth_command(tmp_path, capsys):
     assert (tmp_path / "train_00000" / "dwpose" / "0001.png").is_file()
     assert main(["synth", "--output", str(tmp_path), "--num-videos", "0"]) == 2
     assert "--num-videos" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the cross-identity reenactment split
+
+
+@pytest.fixture(scope="module")
+def reenact_roots(tmp_path_factory) -> tuple[Path, Path]:
+    """A reenactment split of 3 pairs and the test split of the same seed, both through the CLI."""
+    reenact, test = tmp_path_factory.mktemp("reenact"), tmp_path_factory.mktemp("test")
+    assert _synth(reenact, "--split", "reenact") == 0
+    assert _synth(test, "--split", "test") == 0
+    return reenact, test
+
+
+def _frames(folder: Path) -> np.ndarray:
+    return np.stack([_read(path) for path in sorted(folder.glob("*.png"))])
+
+
+def test_reenact_pairs_put_a_motion_on_its_own_body_in_another_identitys_look(reenact_roots):
+    from referencelcm.data.synthdance import semantic_part_labels
+    from referencelcm.metrics import appearance_signature, signature_distance
+    import torch
+
+    reenact, test = reenact_roots
+    index = json.loads((reenact / "index.json").read_text())
+    assert index["split"] == "reenact" and {"reference", "original"} <= set(index["folders"])
+    for pair in range(NUM_VIDEOS):
+        entry = index["videos"][pair]
+        motion, appearance = f"test_{pair:05d}", f"test_{(pair + 1) % NUM_VIDEOS:05d}"
+        assert (entry["motion_video"], entry["appearance_video"]) == (motion, appearance)
+        pair_dir = reenact / entry["video_id"]
+        meta = json.loads((pair_dir / "meta.json").read_text())
+        motion_meta = json.loads((test / motion / "meta.json").read_text())
+        appearance_meta = json.loads((test / appearance / "meta.json").read_text())
+        assert meta["reenact"]["motion_video"] == motion and meta["reenact"]["appearance_video"] == appearance
+        assert meta["identity"]["shape"] == motion_meta["identity"]["shape"]
+        assert meta["identity"]["appearance"] == appearance_meta["identity"]["appearance"]
+        assert meta["background"] == appearance_meta["background"]
+        # Silhouette and every appearance-free map are A's; references are B's frames, "original" is A's.
+        for folder in ("mask", "depth", "dwpose", "semantic_map"):
+            assert np.array_equal(_frames(pair_dir / folder), _frames(test / motion / folder)), folder
+        assert np.array_equal(_frames(pair_dir / "original"), _frames(test / motion / "images"))
+        assert np.array_equal(_frames(pair_dir / "reference"), _frames(test / appearance / "images"))
+        truth = _frames(pair_dir / "images")
+        assert not np.array_equal(truth, _frames(test / motion / "images"))
+        # Measured on the pair's own regions, the truth's part colours are B's, not A's.
+        labels = torch.from_numpy(semantic_part_labels(_frames(pair_dir / "semantic_map")).astype(np.int64))
+        b_labels = torch.from_numpy(semantic_part_labels(_frames(test / appearance / "semantic_map")).astype(np.int64))
+
+        def signature(frames, regions):
+            return appearance_signature(torch.from_numpy(frames).permute(0, 3, 1, 2) / 255.0, regions, len(SEMANTIC_COLOURS))
+
+        truth_signature = signature(truth, labels)
+        to_b = signature_distance(truth_signature, signature(_frames(test / appearance / "images"), b_labels))
+        to_a = signature_distance(truth_signature, signature(_frames(test / motion / "images"), labels))
+        assert to_b < 0.5 * to_a, (pair, to_b, to_a)
+
+
+def test_reenact_split_is_deterministic_and_needs_two_identities(tmp_path, reenact_roots):
+    assert _synth(tmp_path / "again", "--split", "reenact") == 0
+    first, second = reenact_roots[0], tmp_path / "again"
+    files = sorted(path.relative_to(first) for path in first.rglob("*") if path.is_file())
+    assert files == sorted(path.relative_to(second) for path in second.rglob("*") if path.is_file())
+    assert all((first / name).read_bytes() == (second / name).read_bytes() for name in files)
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    with pytest.raises(ValueError, match="--num-videos"):
+        cli.run(parser.parse_args(["--output", str(tmp_path / "one"), "--split", "reenact", "--num-videos", "1"]))
+    assert not (tmp_path / "one").exists()

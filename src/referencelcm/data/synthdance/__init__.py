@@ -6,16 +6,37 @@ order: :mod:`.body` (skeleton, proportions, parts, kinematics), :mod:`.motion` (
 (numpy ray casting of all maps), :mod:`.writer` (specs, Champ-layout output) and :mod:`.cli` (``referencelcm synth``).
 """
 
-from .renderer import MAP_NAMES, SynthDanceRenderer
-from .writer import VideoSpec, generate_dataset, pose_video, render_frames, render_video, sample_video_spec
+from .renderer import MAP_NAMES, NUM_PARTS, SynthDanceRenderer, semantic_part_labels
+from .writer import (
+    DATASET_SPLITS,
+    ORIGINAL_FOLDER,
+    REENACT_SPLIT,
+    REFERENCE_FOLDER,
+    ReenactSpec,
+    VideoSpec,
+    generate_dataset,
+    pose_video,
+    render_frames,
+    render_video,
+    sample_reenact_spec,
+    sample_video_spec,
+)
 
 __all__ = [
+    "DATASET_SPLITS",
     "MAP_NAMES",
+    "NUM_PARTS",
+    "ORIGINAL_FOLDER",
+    "REENACT_SPLIT",
+    "REFERENCE_FOLDER",
+    "ReenactSpec",
     "SynthDanceRenderer",
     "VideoSpec",
     "generate_dataset",
     "pose_video",
     "render_frames",
     "render_video",
+    "sample_reenact_spec",
     "sample_video_spec",
+    "semantic_part_labels",
 ]

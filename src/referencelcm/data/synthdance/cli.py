@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .writer import DEFAULT_FPS, generate_dataset
+from .writer import DATASET_SPLITS, DEFAULT_FPS, generate_dataset
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,8 +14,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-frames", type=int, default=48, help="frames per video (default 48)")
     parser.add_argument("--resolution", type=int, default=128, help="square frame size in pixels (default 128)")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed; same seed, same bytes (default 0)")
-    parser.add_argument("--split", choices=("train", "test"), default="train",
-                        help="train or test; the two draw disjoint identities (default train)")
+    parser.add_argument("--split", choices=DATASET_SPLITS, default="train",
+                        help="train or test (disjoint identities), or reenact: --num-videos cross-identity pairs of "
+                             "the seed's test identities, A's motion in B's appearance (default train)")
     parser.add_argument("--fps", type=int, default=DEFAULT_FPS, help=f"motion frame rate (default {DEFAULT_FPS})")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -31,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
     ):
         if value < minimum:
             raise ValueError(f"{flag} must be an integer >= {minimum}, got {value}.")
+    if args.split == "reenact" and args.num_videos < 2:
+        raise ValueError(f"--num-videos must be at least 2 for --split reenact (pairs of identities), got {args.num_videos}.")
     root = generate_dataset(
         args.output,
         num_videos=args.num_videos,

@@ -36,6 +36,7 @@ SEMANTIC_COLOURS = np.array(
     ],
     dtype=np.uint8,
 )  # fmt: skip
+NUM_PARTS = len(SEMANTIC_COLOURS)
 DEPTH_REACH = 0.5  # metres either side of the pelvis mapped onto the depth range
 DEPTH_FAR_VALUE = 0.2  # the farthest body point's brightness, so body pixels are never 0
 # World (X right, Y up, Z to the viewer) -> pixel space (x right, y down, z away from the viewer).
@@ -275,6 +276,22 @@ class SynthDanceRenderer:
                 ),
                 "mask": np.repeat(mask[..., None], 3, axis=2),
             }
+
+
+def semantic_part_labels(semantic_map: np.ndarray) -> np.ndarray:
+    """Part index of every pixel of SynthDance semantic maps: ``(..., H, W, 3)`` uint8 → ``(..., H, W)`` int16,
+    ``0 … NUM_PARTS-1`` in ``PART_NAMES`` order and ``-1`` for the background (black).
+
+    Each pixel takes the nearest of ``SEMANTIC_COLOURS`` and black, so maps resized with nearest-neighbour sampling
+    decode exactly.
+    """
+    semantic_map = np.asarray(semantic_map)
+    if semantic_map.dtype != np.uint8 or semantic_map.shape[-1:] != (3,):
+        raise ValueError(f"`semantic_map` must be uint8 (..., H, W, 3); received {semantic_map.dtype} "
+                         f"{semantic_map.shape}.")
+    palette = np.concatenate([np.zeros((1, 3)), SEMANTIC_COLOURS]).astype(np.int32)  # row 0: background
+    distances = ((semantic_map[..., None, :].astype(np.int32) - palette) ** 2).sum(axis=-1)
+    return (distances.argmin(axis=-1) - 1).astype(np.int16)
 
 
 def _to_uint8(values: np.ndarray) -> np.ndarray:

@@ -1,7 +1,14 @@
 """SynthDance videos: deterministic specs, in-memory rendering, and a writer for Champ's on-disk layout.
 
 ``ROOT/<video_id>/{images,depth,normal,semantic_map,dwpose,mask}/0000.png …``, ``ROOT/<video_id>/meta.json`` and
-``ROOT/index.json``. Every video is written into a hidden temporary folder and renamed into place once complete (its
+``ROOT/index.json``.
+
+The ``reenact`` split (:func:`sample_reenact_spec`) pairs the test identities of a seed for cross-identity
+reenactment: pair ``i`` is motion video ``A = test i`` animated in the appearance of identity ``B = test (i + 1) mod N``.
+Its ``images`` are the ground truth (A's motion on A's body, in B's outfit, textures, skin, hair, light and
+background), the guidance maps and ``mask`` are A's (they do not depend on appearance), ``reference/`` holds B's own
+video frames (where references come from) and ``original/`` A's own frames (what the output would be if it ignored
+the reference). Every video is written into a hidden temporary folder and renamed into place once complete (its
 ``meta.json`` included), so an interrupted run never leaves a half-written video that looks complete; re-running the
 same command skips the videos already complete and identical.
 """
@@ -11,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -30,6 +37,11 @@ DEFAULT_FPS = 24
 PNG_COMPRESS_LEVEL = 1  # fast; PNG stays lossless and byte-deterministic
 _SPLIT_CODES = {"train": 0, "test": 1}
 _TEMPORARY_PREFIX = ".tmp-"
+REENACT_SPLIT = "reenact"
+DATASET_SPLITS = (*SPLITS, REENACT_SPLIT)
+REFERENCE_FOLDER = "reference"  # reenact: B's own video frames, where references are taken from
+ORIGINAL_FOLDER = "original"  # reenact: A's own video frames (A's appearance)
+_REENACT_IDENTITY_SPLIT = "test"  # reenactment pairs identities unseen in training
 
 
 @dataclass(frozen=True)
@@ -76,9 +88,9 @@ def _check_positive_int(name: str, value: object) -> int:
     return int(value)
 
 
-def _check_split(split: str) -> str:
-    if split not in SPLITS:
-        raise ValueError(f"`split` must be one of {SPLITS}, got {split!r}.")
+def _check_split(split: str, allowed: tuple[str, ...] = SPLITS) -> str:
+    if split not in allowed:
+        raise ValueError(f"`split` must be one of {allowed}, got {split!r}.")
     return split
 
 
@@ -126,6 +138,69 @@ def sample_video_spec(
     )
 
 
+@dataclass(frozen=True)
+class ReenactSpec:
+    """One cross-identity reenactment pair: ``motion`` (video A) animated in the look of ``appearance`` (video B).
+
+    ``ground_truth`` is the video A's motion and body make in B's appearance, light and background; its ``video_id``
+    is ``pair_id``.
+    """
+
+    pair_id: str
+    index: int
+    motion: VideoSpec
+    appearance: VideoSpec
+
+    @property
+    def ground_truth(self) -> VideoSpec:
+        """A's motion, body shape, camera path and frame count; B's appearance, background and lighting."""
+        motion, appearance = self.motion, self.appearance
+        identity = Identity(
+            identity_id=appearance.identity.identity_id,
+            shape=motion.identity.shape,
+            appearance=appearance.identity.appearance,
+        )
+        return replace(
+            motion, video_id=self.pair_id, split=REENACT_SPLIT, identity=identity,
+            background=appearance.background, lighting=appearance.lighting,
+        )
+
+    def to_json(self) -> dict:
+        """``meta.json`` content: the ground truth's spec plus the pairing (``reenact``)."""
+        return {
+            **self.ground_truth.to_json(),
+            "reenact": {
+                "motion_video": self.motion.video_id,
+                "motion_identity_id": self.motion.identity.identity_id,
+                "appearance_video": self.appearance.video_id,
+                "appearance_identity_id": self.appearance.identity.identity_id,
+                "identity_split": _REENACT_IDENTITY_SPLIT,
+                "reference_folder": REFERENCE_FOLDER,
+                "original_folder": ORIGINAL_FOLDER,
+            },
+        }
+
+
+def sample_reenact_spec(
+    seed: int, index: int, num_pairs: int, num_frames: int, resolution: int, fps: int = DEFAULT_FPS
+) -> ReenactSpec:
+    """Pair ``index`` of the reenactment split of ``seed`` with ``num_pairs`` pairs (pure function of its arguments).
+
+    Motion video ``A`` is test video ``index`` of ``seed`` (the same spec ``--split test --seed seed`` writes as
+    ``test_<index>``), appearance ``B`` is test video ``(index + 1) mod num_pairs``: every identity of the first
+    ``num_pairs`` test identities lends its appearance exactly once, never to its own motion.
+    """
+    num_pairs = _check_positive_int("num_pairs", num_pairs)
+    if num_pairs < 2:
+        raise ValueError(f"`num_pairs` must be at least 2 (each pair needs two identities), got {num_pairs}.")
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < num_pairs:
+        raise ValueError(f"`index` must be an integer in [0, {num_pairs}), got {index!r}.")
+    motion = sample_video_spec(seed, index, num_frames, resolution, _REENACT_IDENTITY_SPLIT, fps)
+    appearance = sample_video_spec(seed, (index + 1) % num_pairs, num_frames, resolution, _REENACT_IDENTITY_SPLIT, fps)
+    return ReenactSpec(pair_id=f"{REENACT_SPLIT}_{int(index):05d}", index=int(index), motion=motion,
+                       appearance=appearance)
+
+
 def pose_video(spec: VideoSpec) -> tuple[BodyPoses, np.ndarray, np.ndarray]:
     """The body's world pose per frame and the camera path: ``(poses (T, J, ...), zoom (T,), pan (T,))``."""
     motion = Motion.sample(spec.motion_seed)
@@ -168,8 +243,18 @@ def _is_complete(video_dir: Path, meta: dict) -> bool:
         return False
 
 
-def write_video(spec: VideoSpec, root: Path, progress_bar: tqdm | None = None) -> Path:
-    """Renders ``spec`` into ``root/<video_id>`` through a temporary folder renamed into place when complete."""
+def write_video(
+    spec: VideoSpec,
+    root: Path,
+    progress_bar: tqdm | None = None,
+    extra_images: dict[str, VideoSpec] | None = None,
+    meta: dict | None = None,
+) -> Path:
+    """Renders ``spec`` into ``root/<video_id>`` through a temporary folder renamed into place when complete.
+
+    ``extra_images`` adds folders holding only the ``images`` of other specs (a reenactment pair's ``reference/``
+    and ``original/``); ``meta`` replaces ``spec.to_json()`` as ``meta.json``.
+    """
     final = root / spec.video_id
     temporary = root / f"{_TEMPORARY_PREFIX}{spec.video_id}-{os.getpid()}"
     if temporary.exists():
@@ -179,17 +264,24 @@ def write_video(spec: VideoSpec, root: Path, progress_bar: tqdm | None = None) -
     for frame, maps in enumerate(render_frames(spec)):
         file_name = frame_file_name(frame, spec.num_frames)
         for name in MAP_NAMES:
-            Image.fromarray(maps[name]).save(temporary / name / file_name, format="PNG",
-                                             compress_level=PNG_COMPRESS_LEVEL)
+            _save_png(maps[name], temporary / name / file_name)
         if progress_bar is not None:
             progress_bar.update(1)
-    _write_json(temporary / META_FILE, spec.to_json())
+    for folder, other in (extra_images or {}).items():
+        (temporary / folder).mkdir()
+        for frame, maps in enumerate(render_frames(other)):
+            _save_png(maps["images"], temporary / folder / frame_file_name(frame, other.num_frames))
+    _write_json(temporary / META_FILE, spec.to_json() if meta is None else meta)
     if final.exists():
         shutil.rmtree(final)
     os.replace(temporary, final)
     for stale in root.glob(f"{_TEMPORARY_PREFIX}{spec.video_id}-*"):  # left by interrupted runs
         shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    Image.fromarray(array).save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
 
 
 def generate_dataset(
@@ -210,7 +302,9 @@ def generate_dataset(
         num_frames: frames per video.
         resolution: square frame size in pixels.
         seed: dataset seed; the same arguments give byte-identical files.
-        split: ``"train"`` or ``"test"``; the two draw disjoint identities (outfits).
+        split: ``"train"`` or ``"test"`` (the two draw disjoint identities, i.e. outfits), or ``"reenact"``:
+            ``num_videos`` cross-identity pairs of the seed's test identities (:func:`sample_reenact_spec`), with
+            ``reference/`` and ``original/`` folders and the pairing in ``meta.json`` and ``index.json``.
         progress: show a tqdm bar over frames.
         fps: frame rate of the motion (frames per second of simulated time), stored in ``meta.json``.
 
@@ -222,18 +316,40 @@ def generate_dataset(
     resolution = _check_positive_int("resolution", resolution)
     if resolution < 16:
         raise ValueError(f"`resolution` must be at least 16 pixels, got {resolution}.")
-    _check_split(split)
+    _check_split(split, DATASET_SPLITS)
+    if split == REENACT_SPLIT and num_videos < 2:
+        raise ValueError(f"`num_videos` must be at least 2 for the reenact split (pairs of identities), got {num_videos}.")
     root = Path(output_dir)
     if root.exists() and not root.is_dir():
         raise ValueError(f"`output_dir` must be a directory, got the file {str(root)!r}.")
     root.mkdir(parents=True, exist_ok=True)
-    specs = [sample_video_spec(seed, index, num_frames, resolution, split, fps) for index in range(num_videos)]
-    with tqdm(total=num_videos * num_frames, unit="frame", desc=f"synthdance {split}", disable=not progress) as bar:
-        for spec in specs:
-            if _is_complete(root / spec.video_id, spec.to_json()):
-                bar.update(num_frames)
+    if split == REENACT_SPLIT:
+        pairs = [sample_reenact_spec(seed, index, num_videos, num_frames, resolution, fps) for index in range(num_videos)]
+        jobs = [
+            (pair.ground_truth, {REFERENCE_FOLDER: pair.appearance, ORIGINAL_FOLDER: pair.motion}, pair.to_json())
+            for pair in pairs
+        ]
+        entries = [
+            {"video_id": pair.pair_id, "identity_id": pair.appearance.identity.identity_id, "num_frames": num_frames,
+             **pair.to_json()["reenact"]}
+            for pair in pairs
+        ]
+    else:
+        specs = [sample_video_spec(seed, index, num_frames, resolution, split, fps) for index in range(num_videos)]
+        jobs = [(spec, None, spec.to_json()) for spec in specs]
+        entries = [
+            {"video_id": spec.video_id, "identity_id": spec.identity.identity_id, "num_frames": num_frames}
+            for spec in specs
+        ]
+    frames_per_job = num_frames * (3 if split == REENACT_SPLIT else 1)
+    with tqdm(total=num_videos * frames_per_job, unit="frame", desc=f"synthdance {split}", disable=not progress) as bar:
+        for spec, extra_images, meta in jobs:
+            if _is_complete(root / spec.video_id, meta):
+                bar.update(frames_per_job)
                 continue
-            write_video(spec, root, bar)
+            write_video(spec, root, bar, extra_images, meta)
+            bar.update(frames_per_job - num_frames)
+    folders = list(MAP_NAMES) + ([REFERENCE_FOLDER, ORIGINAL_FOLDER] if split == REENACT_SPLIT else [])
     index = {
         "generator": "synthdance",
         "format_version": FORMAT_VERSION,
@@ -242,11 +358,8 @@ def generate_dataset(
         "num_frames": num_frames,
         "resolution": resolution,
         "fps": fps,
-        "folders": list(MAP_NAMES),
-        "videos": [
-            {"video_id": spec.video_id, "identity_id": spec.identity.identity_id, "num_frames": num_frames}
-            for spec in specs
-        ],
+        "folders": folders,
+        "videos": entries,
     }
     _write_json(root / INDEX_FILE, index)
     return root
