@@ -79,6 +79,12 @@ class Preset:
     distillation_guidance_scale: float = 1.5
     matched_teacher_eval_steps: tuple[int, ...] = (4, 20)
     speed_repeats: int = 7
+    # Reenactment pairs are also generated from this many frames of identity B's video (same guidance and noise), for
+    # the reference-frame spread that ETA targets.
+    reference_frames: int = 3
+    # The VAE must pass evaluation.autoencoder_gate (max part-colour ratio, max person MAE) before the teacher trains
+    # on it; None skips the check (toy sizes).
+    vae_gate: tuple[float, float] | None = (0.15, 10.0)
     checkpointing_steps: int = 250
 
 
@@ -118,6 +124,7 @@ PRESETS = {
         teacher_eval_steps=(2,), student_eval_steps=(1, 2), ablation_eval_steps=2, matched_teacher_eval_steps=(2,),
         speed_repeats=1,
         checkpointing_steps=1,
+        vae_gate=None,  # a 2-step VAE carries nothing; the gate's own test turns it on
     ),
 }
 
@@ -139,6 +146,7 @@ ABLATION = (
     Variant("+ CoNS (spatial)", 0.1, 0.02, 0.0),
     Variant("+ temporal ETA (CoSeC-LCD)", 0.1, 0.02, 0.05),
 )
+ABLATION_NAMES = tuple(variant.name for variant in ABLATION)
 
 
 @dataclass
@@ -158,6 +166,11 @@ class Build:
     @property
     def test_data(self) -> Path:
         return self.work_dir / "data" / "test"
+
+    @property
+    def reenact_data(self) -> Path:
+        """Cross-identity pairs of the test identities: A's guidance, B's reference (appearance metrics)."""
+        return self.work_dir / "data" / "reenact"
 
     def stage_dir(self, name: str) -> Path:
         return self.work_dir / name
@@ -218,6 +231,8 @@ def generate_data(build: Build) -> None:
                      resolution=preset.resolution, seed=build.seed, split="train")
     generate_dataset(build.test_data, num_videos=preset.test_videos, num_frames=preset.test_frames,
                      resolution=preset.resolution, seed=build.seed, split="test")
+    generate_dataset(build.reenact_data, num_videos=max(preset.test_videos, 2), num_frames=preset.test_frames,
+                     resolution=preset.resolution, seed=build.seed, split="reenact")
 
 
 def run_script(build: Build, script: str, output: Path, settings: dict, extra: list[str]) -> bool:
@@ -271,10 +286,30 @@ def train_teacher(build: Build) -> None:
         return
     build.timed(TEACHER_STAGES[0], run_script, build, "train_teacher.py", vae, preset.vae,
                 ["--stage", "vae", "--model_config", str(config_path)])
+    check_vae_gate(build, vae)
     build.timed(TEACHER_STAGES[1], run_script, build, "train_teacher.py", image, preset.teacher_image,
                 ["--stage", "image", "--pretrained_model", str(vae)])
     build.timed(TEACHER_STAGES[2], run_script, build, "train_teacher.py", teacher, preset.teacher_video,
                 ["--stage", "video", "--pretrained_model", str(image), "--num_frames", str(preset.clip_frames)])
+
+
+def check_vae_gate(build: Build, vae_dir: Path) -> None:
+    """Stop the build when the trained VAE loses the person's colours (``evaluation.autoencoder_gate`` on the test
+    split, written to ``vae/gate.json``): a teacher trained on it could not wear any reference."""
+    from diffusers import AutoencoderKL
+
+    from referencelcm.evaluation import autoencoder_gate, load_test_videos
+
+    if build.preset.vae_gate is None:
+        return
+    max_part_ratio, max_person_mae = build.preset.vae_gate
+    videos = load_test_videos(build.test_data, ["semantic_map"])
+    gate = autoencoder_gate(AutoencoderKL.from_pretrained(vae_dir / "vae"), videos, max_part_ratio, max_person_mae)
+    write_text_atomically(vae_dir / "gate.json", json.dumps(gate, indent=2) + "\n")
+    print(gate["message"])
+    if not gate["passed"]:
+        raise SystemExit(f"{gate['message']}. The VAE in {vae_dir} would cap every later stage: change the preset's "
+                         "VAE settings (sizes, steps) and delete that folder, then run the build again.")
 
 
 def distill(build: Build) -> None:
@@ -302,10 +337,11 @@ def evaluate(build: Build) -> bool:
 
     from referencelcm import ReferenceLCMPipeline
     from referencelcm.evaluation import (
+        COMPARED_METRICS,
         SpeedRun,
+        calibration_rows,
         evaluate_model,
         load_test_videos,
-        paired_difference,
         teacher_student_comparisons,
         time_side_by_side,
         write_plot,
@@ -328,35 +364,63 @@ def evaluate(build: Build) -> bool:
         return pipe
 
     teacher = load(build.stage_dir("teacher"))
-    videos = load_test_videos(build.test_data, teacher.guidance_types)
-    common = dict(videos=videos, seed=build.seed, sample_dir=output_dir / "samples")
-    rows = evaluate_model(teacher, None, preset.teacher_eval_steps, preset.teacher_guidance_scale, "teacher",
-                          **common)
-    rows += evaluate_model(teacher, None, preset.matched_teacher_eval_steps, preset.distillation_guidance_scale,
-                           MATCHED_TEACHER, **common)
     student = load(build.temporal_dir(ABLATION[-1]))
     undistilled = load(build.stage_dir("teacher"))
     undistilled.scheduler = LCMScheduler.from_config(student.scheduler.config)
-    rows += evaluate_model(undistilled, None, preset.student_eval_steps, preset.distillation_guidance_scale,
-                           UNDISTILLED_TEACHER, **common)
-    rows += evaluate_model(student, None, preset.student_eval_steps, 1.0, "student", **common)
-    for variant in ABLATION:
-        rows += evaluate_model(load(build.temporal_dir(variant)), None, [preset.ablation_eval_steps], 1.0,
-                               variant.name, **common)
+    videos = load_test_videos(build.test_data, teacher.guidance_types)
+    reenact = load_test_videos(build.reenact_data, teacher.guidance_types)
+    rows = []
+    # The self split (each video from its own frame 0) carries Table 3 and 4; the reenactment split (A's guidance,
+    # B's reference) the teacher at its full and few steps, the student, and the ablation with its reference-frame
+    # spread (what ETA targets). Both start with their calibration rows (truth, the teacher's VAE, no reference).
+    for split_videos, split_name in ((videos, "self"), (reenact, "reenact")):
+        common = dict(videos=split_videos, seed=build.seed, sample_dir=output_dir / "samples" / split_name,
+                      reference_frames=1 if split_name == "self" else preset.reference_frames)
+        teacher_steps = preset.teacher_eval_steps if split_name == "self" else sorted(
+            {preset.ablation_eval_steps, max(preset.teacher_eval_steps)})
+        rows += calibration_rows(split_videos, teacher.vae)
+        rows += evaluate_model(teacher, None, teacher_steps, preset.teacher_guidance_scale, "teacher", **common)
+        if split_name == "self":
+            rows += evaluate_model(teacher, None, preset.matched_teacher_eval_steps,
+                                   preset.distillation_guidance_scale, MATCHED_TEACHER, **common)
+            rows += evaluate_model(undistilled, None, preset.student_eval_steps, preset.distillation_guidance_scale,
+                                   UNDISTILLED_TEACHER, **common)
+            rows += evaluate_model(student, None, preset.student_eval_steps, 1.0, "student", **common)
+        else:
+            rows += evaluate_model(student, None, [preset.ablation_eval_steps], 1.0, "student", **common)
+        for variant in ABLATION:
+            rows += evaluate_model(load(build.temporal_dir(variant)), None, [preset.ablation_eval_steps], 1.0,
+                                   variant.name, **common)
     # The speed target is a ratio, so it is timed side by side rather than taken from passes minutes apart.
     speed = time_side_by_side(
         [SpeedRun("teacher", teacher, max(preset.teacher_eval_steps), preset.teacher_guidance_scale),
          *(SpeedRun(f"student {steps}", student, steps) for steps in preset.student_eval_steps)],
         videos[0], preset.speed_repeats, build.seed,
     )
-    ablation = [row for row in rows if row["method"] in {variant.name for variant in ABLATION}]
-    comparisons = [item for teacher_label in ("teacher", MATCHED_TEACHER, UNDISTILLED_TEACHER)
-                   for item in teacher_student_comparisons(rows, teacher=teacher_label)]
-    comparisons += [paired_difference(row, ablation[0]) for row in ablation[1:]]
-    settings = {"preset": dataclasses.asdict(preset), "seed": build.seed, "test_data": str(build.test_data)}
+    comparisons = [item for key in COMPARED_METRICS for label in ("teacher", MATCHED_TEACHER, UNDISTILLED_TEACHER)
+                   for item in teacher_student_comparisons(rows, key, teacher=label)]
+    comparisons += ablation_comparisons(rows)
+    settings = {"preset": dataclasses.asdict(preset), "seed": build.seed, "test_data": str(build.test_data),
+                "reenact_data": str(build.reenact_data)}
     write_report(rows, output_dir, settings, speed, comparisons)
-    write_plot([row for row in rows if row["method"] in TABLE3_METHODS], output_dir / "quality_vs_steps.png")
+    write_plot([row for row in rows if row["method"] in TABLE3_METHODS and row["split"] == "self"
+                or row["steps"] is None], output_dir / "quality_vs_steps.png")
     return True
+
+
+def ablation_comparisons(rows: list[dict]) -> list[dict]:
+    """Each ablation row against plain LCD, per split, on the metrics the CoSeC terms target: SSIM and part ΔE on the
+    self split; on the reenactment split part ΔE (CoNS: follow the new identity) and the reference-frame spread
+    (ETA). Flicker (temporal ETA) has no direction to pair on; the tables show it beside the ground truth's."""
+    from referencelcm.evaluation import paired_difference
+
+    comparisons = []
+    for split, keys in (("self", ("ssim", "part_delta_e")), ("reenact", ("part_delta_e", "reference_spread"))):
+        ablation = [row for row in rows if row["method"] in ABLATION_NAMES and row["split"] == split]
+        for key in keys:
+            comparisons += [{**paired_difference(row, ablation[0], key), "split": split} for row in ablation[1:]
+                            if key in row["per_video"] and key in ablation[0]["per_video"]]
+    return comparisons
 
 
 def ship(build: Build, models_dir: Path, assets_dir: Path, results: Path, command: str) -> None:
@@ -398,9 +462,13 @@ def results_markdown(report: dict, timings: dict[str, float], preset: Preset, co
         format_table,
     )
 
+    from referencelcm.evaluation import format_appearance_table
+    from referencelcm.targets import appearance_targets, format_targets
+
     rows, speed, comparisons = report["rows"], report.get("speed"), report.get("comparisons", [])
-    table3 = [row for row in rows if row["method"] in TABLE3_METHODS]
-    table4 = [row for row in rows if row["method"] in {variant.name for variant in ABLATION}]
+    self_rows = [row for row in rows if row.get("split", "self") == "self"]
+    table3 = [row for row in self_rows if row["method"] in TABLE3_METHODS]
+    table4 = [row for row in self_rows if row["method"] in ABLATION_NAMES]
     by_key = {(row["method"], row["steps"]): row for row in table3}
     teacher_full = by_key.get(("teacher", max(preset.teacher_eval_steps)))
     student_4 = by_key.get(("student", 4))
@@ -429,14 +497,30 @@ def results_markdown(report: dict, timings: dict[str, float], preset: Preset, co
         "weights change (φ1 ETA, φ2 CoNS, λ temporal ETA).",
         "",
         format_table(table4),
+        "### Appearance: does the output wear the reference?",
+        "",
+        "Scored inside the true person's regions (SynthDance's semantic map): person-region SSIM and L1, per-part "
+        "and background colour error (ΔE*ab, CIE 1976) and its share of the error of a model that ignores the "
+        "reference (each part in the split's mean colour), identity retrieval by colour signature among the split's "
+        "identities, and on the reenactment split (video A's guidance, a frame of identity B as the reference, "
+        "scored against A's motion in B's look) the swap ratio (ΔE to B ÷ ΔE to A's own look) and the spread of "
+        f"the output over {preset.reference_frames} reference frames of B. The calibration rows come first: the "
+        "truth, the teacher's VAE alone (the ceiling), and the model that ignores the reference.",
+        "",
+        format_appearance_table([row for row in rows if row["method"] in (*TABLE3_METHODS, *ABLATION_NAMES)
+                                 or row.get("steps") is None]) or "",
+        "### Appearance targets",
+        "",
+        format_targets(appearance_targets(rows, preset.ablation_eval_steps, max(preset.teacher_eval_steps))),
     ]
     if comparisons:
         lines += [
             "### Paired differences, video by video",
             "",
             "Means over one small split move with the split far more than the difference between two methods on the "
-            "same videos, so each comparison is the mean of the per-video SSIM differences, its standard error, and "
-            "the number of videos on which the first method is better. The ablation rows are compared with plain LCD.",
+            "same videos, so each comparison is the mean of the per-video differences in its metric, its standard "
+            "error, and the number of videos on which the first method is better. The ablation rows are compared with "
+            "plain LCD.",
             "",
             format_comparison_table(comparisons),
         ]

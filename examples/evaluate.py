@@ -14,9 +14,10 @@ and ``--teacher_guidance_scale`` (3.5). LPIPS / FID / FVD run only when their lo
 
 On SynthDance data the table also measures appearance (person-region SSIM / L1, per-part and background ΔE, identity
 retrieval), headed by calibration rows (the ground truth, the student's VAE reconstruction, a model that ignores the
-reference). ``--reenact_data`` (``referencelcm synth --split reenact``) scores the same methods on cross-identity
-pairs as well, with the reference swap ratio and the output's spread over ``--reference_frames`` reference frames;
-comparisons are then made for SSIM, person L1 and part ΔE on each split.
+reference), and the student's VAE is put through the autoencoder gate (``evaluation.autoencoder_gate``: person MAE and
+per-part colour error of its reconstruction). ``--reenact_data`` (``referencelcm synth --split reenact``) scores the
+same methods on cross-identity pairs as well, with the reference swap ratio and the output's spread over
+``--reference_frames`` reference frames; comparisons are then made for SSIM, person L1 and part ΔE on each split.
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ from diffusers import LCMScheduler
 
 from referencelcm import ReferenceLCMPipeline
 from referencelcm.evaluation import (
+    COMPARED_METRICS,
     QualityMetrics,
     SpeedRun,
+    autoencoder_gate,
     calibration_rows,
     evaluate_model,
     load_test_videos,
@@ -42,8 +45,6 @@ from referencelcm.evaluation import (
 )
 from referencelcm.metrics import FrechetDistance, LearnedPerceptualDistance
 from referencelcm.training.consistency import student_lcm_scheduler_from_teacher
-
-COMPARED_METRICS = ("ssim", "person_l1", "part_delta_e")  # paired student-vs-teacher, where the rows have them
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -134,13 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     metrics = build_metrics(args)
 
     # 3. Evaluate every split: calibration rows (SynthDance only), the teacher, the student
-    rows, first_videos = [], None
+    rows, first_videos, gate = [], None, None
     teacher_steps = args.teacher_steps or sorted(set(args.steps) | {20})
     for split, (data_dir, reference_frames) in splits.items():
         videos = load_test_videos(data_dir, student.guidance_types, args.num_videos, args.max_frames, args.resolution)
         first_videos = first_videos or videos
         if all(video.labels is not None for video in videos):
             rows += calibration_rows(videos, student.vae)
+            if split == "self":  # the VAE alone: is the person's appearance still there before any diffusion?
+                gate = autoencoder_gate(student.vae, videos)
         common = dict(
             videos=videos, seed=args.seed, context_frames=args.context_frames, context_overlap=args.context_overlap,
             sample_dir=output_dir / "samples" / split, metrics=metrics, progress=progress,
@@ -161,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     # 4. Report
     settings = {key: value for key, value in vars(args).items() if key not in ("no_progress", "threads")}
     comparisons = [item for key in COMPARED_METRICS for item in teacher_student_comparisons(rows, key)]
-    paths = write_report(rows, output_dir, settings, speed, comparisons)
+    paths = write_report(rows, output_dir, settings, speed, comparisons, gate)
     plot = write_plot(rows, output_dir / "quality_vs_steps.png")
     print(paths["table"].read_text(encoding="utf-8"))
     if args.timesteps:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from referencelcm import ReferenceLCMPipeline
@@ -37,52 +36,62 @@ def tiny_argv(models: dict, results: Path, *extra: str) -> list[str]:
             "--results", str(results), *extra]
 
 
-def table_rows(text: str) -> dict[str, list[str]]:
+def table_rows(text: str) -> dict[tuple[str, str], list[str]]:
     rows = {}
     for line in text.splitlines():
-        match = re.match(r"\| (\d+|\*\*all pooled\*\*) \|(.*)\|$", line)
+        match = re.match(r"\| (\d+) \| (self|reenact) \|(.*)\|$", line)
         if match:
-            rows[match.group(1)] = [cell.strip() for cell in match.group(2).split("|")]
+            rows[(match.group(1), match.group(2))] = [cell.strip() for cell in match.group(3).split("|")]
     return rows
 
 
-def test_rows_per_split_and_pooled_and_the_section_is_replaced(bench, models, capsys):
+def target_rows(text: str) -> dict[str, list[str]]:
+    section = text.split("### Targets", 1)[1]
+    return {match.group(1): [cell.strip() for cell in match.group(2).split("|")]
+            for match in re.finditer(r"^\| ((?:self|reenact) split: [^|]+?) \|(.*)\|$", section, re.MULTILINE)}
+
+
+def test_rows_per_split_and_pooled_targets_and_the_section_is_replaced(bench, models, capsys):
     results = models["root"] / "RESULTS.md"
     results.write_text("# Benchmark results\n\nHand-written notes stay.\n")
     data = models["root"] / "splits"
     assert bench.main(tiny_argv(models, results, "--seeds", "3", "7", "--data_dir", str(data))) == 0
-    assert sorted(entry.name for entry in data.iterdir()) == ["seed_3", "seed_7"]
+    assert sorted(str(path.relative_to(data)) for path in data.glob("*/*")) == [
+        "seed_3/reenact", "seed_3/self", "seed_7/reenact", "seed_7/self"
+    ]
 
     text = results.read_text()
     assert text.startswith("# Benchmark results\n\nHand-written notes stay.\n")
     assert text.count(bench.RESULTS_BEGIN) == 1 and text.count(bench.RESULTS_END) == 1
     rows = table_rows(text)
-    assert list(rows) == ["3", "7", "**all pooled**"]
-    for label, videos in (("3", "2"), ("7", "2"), ("**all pooled**", "4")):
-        cells = rows[label]
-        assert cells[0] == videos
-        teacher_same, teacher_most, student, ratio = (float(cell) for cell in cells[1:5])
-        # every cell is printed to 4 decimals: allow exactly that rounding
-        rounding = 5e-5 + ratio * 5e-5 * (1 / student + 1 / teacher_most) * 1.01
-        assert ratio == pytest.approx(student / teacher_most, abs=rounding)
-        difference = float(cells[5].split(" ± ")[0])
-        assert difference == pytest.approx(student - teacher_same, abs=1.5e-4)
-        assert re.fullmatch(rf"\d of {videos}", cells[6])
-        assert cells[7] == ("yes" if ratio >= 0.97 and difference > 0 else "**no**")
-    # the pooled SSIMs are the means over both splits' videos (two per split: plain means of the split means)
-    for column in range(1, 4):
-        assert float(rows["**all pooled**"][column]) == pytest.approx(
-            np.mean([float(rows["3"][column]), float(rows["7"][column])]), abs=2e-4
-        )
-    met = sum(rows[seed][7] == "yes" for seed in ("3", "7"))
-    assert f"Both targets are met on {met} of 2 splits." in text
-    assert "| 3 |" in capsys.readouterr().out
+    assert list(rows) == [(seed, split) for seed in ("3", "7") for split in ("self", "reenact")]
+    for (seed, split), cells in rows.items():
+        assert cells[0] == "2"
+        assert all(float(cell) > 0 for cell in cells[1:5])  # part ΔE ÷ ignoring: VAE, teacher 2, teacher 1, student
+        assert re.fullmatch(r"(0|50|100)% / (0|50|100)%", cells[5])
+        swaps = cells[6].split(" / ")
+        assert all((cell == "–") == (split == "self") for cell in swaps)
+        assert re.fullmatch(r"[+-]?\d+\.\d\d ± \d+\.\d\d \([0-2] of 2\)", cells[7])
+
+    targets = target_rows(text)
+    for split in ("self", "reenact"):
+        assert f"{split} split: teacher 2 steps, part ΔE ÷ ignores the reference" in targets
+        assert f"{split} split: student 1 − teacher 1 steps, part ΔE per video" in targets
+    assert "reenact split: student 1 steps, reference swap (ΔE to B ÷ ΔE to A)" in targets
+    for measured, threshold, met in targets.values():
+        assert met in ("yes", "**no**", "–")
+    ratio_cells = targets["self split: student 1 ÷ teacher 2 steps, part ΔE"]
+    assert (ratio_cells[2] == "yes") == (float(ratio_cells[0]) <= 1.1)
+    met = sum(cells[2] == "yes" for cells in targets.values())
+    assert f"{met} of {len(targets)} targets met." in text
+    assert "| 3 | self |" in capsys.readouterr().out
 
     # a rerun reuses the kept splits and replaces its own section only; the same seeds give the same scores
     assert bench.main(tiny_argv(models, results, "--seeds", "3", "--data_dir", str(data))) == 0
     text_again = results.read_text()
     assert text_again.count(bench.RESULTS_BEGIN) == 1 and "Hand-written notes stay." in text_again
-    assert table_rows(text_again)["3"] == rows["3"] and "7" not in table_rows(text_again)
+    again = table_rows(text_again)
+    assert again[("3", "self")] == rows[("3", "self")] and ("7", "self") not in again
 
 
 def test_bad_arguments_are_named(bench, models, tmp_path, capsys):
@@ -92,16 +101,18 @@ def test_bad_arguments_are_named(bench, models, tmp_path, capsys):
         (["--teacher", str(tmp_path / "missing"), "--student", str(models["student"])], "--teacher must be a pipeline"),
         (tiny_argv(models, results, "--num_frames", "2"), "--num_frames must be at least 3"),
         (tiny_argv(models, results, "--steps", "0"), "--steps must be at least 1"),
+        (tiny_argv(models, results, "--num_videos", "1"), "--num_videos must be at least 2"),
     ):
         with pytest.raises(SystemExit):
             bench.parse_args(argv)
         assert message in capsys.readouterr().err
     # a kept split made with other settings, or not a split at all, is not silently reused
     data = tmp_path / "splits"
-    generate_dataset(data / "seed_4", num_videos=2, num_frames=4, resolution=32, seed=5, split="test", progress=False)
+    generate_dataset(data / "seed_4" / "self", num_videos=2, num_frames=4, resolution=32, seed=5, split="test",
+                     progress=False)
     with pytest.raises(SystemExit, match=r"seed=5 \(asked: 4\), num_frames=4 \(asked: 3\)"):
         bench.main(tiny_argv(models, results, "--seeds", "4", "--data_dir", str(data)))
-    (data / "seed_8" / "test_00000").mkdir(parents=True)
+    (data / "seed_8" / "self" / "test_00000").mkdir(parents=True)
     with pytest.raises(SystemExit, match="is not a SynthDance split"):
         bench.main(tiny_argv(models, results, "--seeds", "8", "--data_dir", str(data)))
     assert not results.exists()

@@ -117,7 +117,11 @@ def test_evaluate_script_writes_report_table_plot_and_samples(tiny_setup):
         assert item["num_videos"] == 2 and 0 <= item["better"] <= 2
         assert item["difference"] == pytest.approx(student[item["metric"]] - teacher[item["metric"]])
 
-    table, appearance_table, comparison_table, speed_table = (output_dir / "table.md").read_text().split("\n\n")
+    table, appearance_table, comparison_table, speed_table, gate_line = (
+        (output_dir / "table.md").read_text().split("\n\n")
+    )
+    # the student's VAE through the autoencoder gate: a random tiny VAE fails it, and the report says why
+    assert gate_line.startswith("autoencoder gate failed (") and report["autoencoder_gate"]["passed"] is False
     assert table.startswith("| Method | Split | Steps | CFG | SSIM ↑ | PSNR ↑ | L1 ↓ | Flicker (GT) | s / frame ↓ |")
     assert len(table.strip().splitlines()) == 2 + len(report["rows"])
     assert appearance_table.startswith(
@@ -422,6 +426,27 @@ def test_calibration_rows_separate_truth_ceiling_and_ignoring(appearance_splits)
     assert evaluation.calibration_rows(videos, tiny_vae)[1]["part_delta_e"] > 10
     with pytest.raises(ValueError, match="SynthDance"):
         evaluation.calibration_rows([dataclasses.replace(videos[0], labels=None)])
+
+
+class _ConstantAutoencoder(_IdentityAutoencoder):
+    """An autoencoder whose every reconstruction is mid-grey."""
+
+    def decode(self, latents):
+        return type("Decoded", (), {"sample": torch.zeros_like(latents)})()
+
+
+def test_autoencoder_gate_passes_a_perfect_autoencoder_and_fails_a_constant_one(appearance_splits):
+    videos = appearance_splits["test"]
+    perfect = evaluation.autoencoder_gate(_IdentityAutoencoder(), videos)
+    assert perfect["passed"] and perfect["person_mae"] == pytest.approx(0, abs=1e-4)
+    assert perfect["part_ratio"] == pytest.approx(0, abs=1e-4) and perfect["part_rgb_ratio"] == pytest.approx(0, abs=1e-4)
+    assert perfect["message"].startswith("autoencoder gate passed: person MAE 0.0")
+    constant = evaluation.autoencoder_gate(_ConstantAutoencoder(), videos)
+    # grey everywhere is about as far from each part as the split's mean colour is: near the baseline, far above 0.15
+    assert not constant["passed"] and 0.6 < constant["part_ratio"] < 2.5 and constant["person_mae"] > 30
+    assert "part ΔE ratio" in constant["message"] and "person MAE" in constant["message"]
+    loose = evaluation.autoencoder_gate(_ConstantAutoencoder(), videos, max_part_ratio=10, max_person_mae=255)
+    assert loose["passed"]
 
 
 class _OraclePipe:

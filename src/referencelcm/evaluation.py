@@ -83,6 +83,8 @@ APPEARANCE_COLUMNS = (
 SPEED_COLUMN = ("seconds_per_frame", "s / frame ↓", False)
 METRIC_COLUMNS = (*QUALITY_COLUMNS, *APPEARANCE_COLUMNS, SPEED_COLUMN)
 SELF_SPLIT = "self"
+# The metrics a student row is compared on with its teacher, video by video (:func:`teacher_student_comparisons`).
+COMPARED_METRICS = ("ssim", "person_l1", "part_delta_e")
 # Calibration rows (:func:`calibration_rows`): what the metrics give for the truth, the VAE alone and no reference.
 GROUND_TRUTH = "ground truth"
 VAE_RECONSTRUCTION = "VAE reconstruction"
@@ -700,6 +702,67 @@ def calibration_rows(videos: Sequence[TestVideo], vae: Any | None = None) -> lis
     return rows
 
 
+# The autoencoder gate (:func:`autoencoder_gate`): a VAE must keep the person's colours before a teacher trains on it.
+GATE_MAX_PART_RATIO = 0.15
+GATE_MAX_PERSON_MAE = 10.0
+
+
+def autoencoder_gate(
+    vae: Any,
+    videos: Sequence[TestVideo],
+    max_part_ratio: float = GATE_MAX_PART_RATIO,
+    max_person_mae: float = GATE_MAX_PERSON_MAE,
+) -> dict[str, Any]:
+    """Does an autoencoder carry the person's appearance? Encode → decode every ground-truth frame of ``videos``
+    (SynthDance, with regions; no diffusion) and compare with the truth and with a model that ignores the reference.
+
+    Measured over all frames of all videos:
+
+    * ``person_mae``: mean absolute error inside the true person mask (not dilated), in RGB units 0–255;
+    * ``part_delta_e`` / ``baseline_part_delta_e``: mean per-part ΔE*ab of the reconstruction / of every part painted
+      in the split's mean colour (:func:`split_mean_colours`), and their ratio ``part_ratio``;
+    * ``part_rgb_ratio``: the same ratio with Euclidean distances of 0–255 RGB means instead of ΔE.
+
+    ``passed`` is True when both ratios are at most ``max_part_ratio`` and ``person_mae`` at most ``max_person_mae``;
+    ``message`` says so in one line, naming what missed.
+    """
+    if not videos or any(video.labels is None for video in videos):
+        raise ValueError("`videos` must be SynthDance test videos with semantic maps (the regions the gate uses).")
+    colours = split_mean_colours(videos)
+    absolute, parts = [], {"lab": ([], []), "rgb": ([], [])}
+    for video in videos:
+        reconstruction = reconstruct_with_vae(vae, video.ground_truth)
+        baseline = paint_regions(video.labels, colours).float()
+        person = person_region_metrics(reconstruction, video.ground_truth, video.mask, dilation=0)["person_l1"]
+        absolute.append(person[~person.isnan()] * 255)
+        for space, (produced, ignored) in parts.items():
+            produced.append(part_colour_errors(reconstruction, video.ground_truth, video.labels, NUM_PARTS,
+                                               colour_space=space)["part"])
+            ignored.append(part_colour_errors(baseline, video.ground_truth, video.labels, NUM_PARTS,
+                                              colour_space=space)["part"])
+    means = {space: [_nanmean(torch.cat(values)) for values in pair] for space, pair in parts.items()}
+    result = {
+        "person_mae": _nanmean(torch.cat(absolute)),
+        "part_delta_e": means["lab"][0],
+        "baseline_part_delta_e": means["lab"][1],
+        "part_ratio": means["lab"][0] / means["lab"][1],
+        "part_rgb_ratio": means["rgb"][0] / means["rgb"][1],
+        "max_part_ratio": max_part_ratio,
+        "max_person_mae": max_person_mae,
+        "num_videos": len(videos),
+    }
+    misses = [f"{name} {result[key]:.3f} > {limit:g}" for name, key, limit in (
+        ("part ΔE ratio", "part_ratio", max_part_ratio), ("part RGB ratio", "part_rgb_ratio", max_part_ratio),
+        ("person MAE", "person_mae", max_person_mae)) if not result[key] <= limit]
+    result["passed"] = not misses
+    summary = (f"person MAE {result['person_mae']:.1f} (≤ {max_person_mae:g}), part ΔE {result['part_delta_e']:.2f} "
+               f"= {result['part_ratio']:.3f} × ignoring the reference (RGB: {result['part_rgb_ratio']:.3f}; "
+               f"≤ {max_part_ratio:g}) on {len(videos)} videos")
+    result["message"] = ("autoencoder gate passed: " if not misses else
+                         f"autoencoder gate failed ({'; '.join(misses)}): ") + summary
+    return result
+
+
 def _frechet_scores(metrics: QualityMetrics) -> dict[str, float]:
     scores = {}
     for key, distance in (("fid", metrics.fid), ("fvd", metrics.fvd)):
@@ -853,9 +916,11 @@ def write_report(
     settings: dict[str, Any] | None = None,
     speed: Sequence[dict[str, Any]] | None = None,
     comparisons: Sequence[dict[str, Any]] | None = None,
+    gate: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
-    """Write ``report.json`` (settings, rows, :func:`paired_difference` ``comparisons`` and the
-    :func:`time_side_by_side` ``speed`` rows) and ``table.md`` (quality, appearance, comparison and speed tables).
+    """Write ``report.json`` (settings, rows, :func:`paired_difference` ``comparisons``, the
+    :func:`time_side_by_side` ``speed`` rows and the :func:`autoencoder_gate` result ``gate``) and ``table.md``
+    (quality, appearance, comparison and speed tables, the gate's line).
 
     Rows with appearance scores gain ``part_ratio`` (:func:`baseline_ratio`) in the report.
     """
@@ -875,6 +940,9 @@ def write_report(
     if speed:
         report["speed"] = list(speed)
         table += "\n" + format_speed_table(speed)
+    if gate:
+        report["autoencoder_gate"] = dict(gate)
+        table += f"\n{gate['message']}.\n"
     paths = {"report": output_dir / "report.json", "table": output_dir / "table.md"}
     write_text_atomically(paths["report"], json.dumps(report, indent=2, allow_nan=True) + "\n")
     write_text_atomically(paths["table"], table)

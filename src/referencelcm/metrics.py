@@ -371,6 +371,7 @@ def part_colour_errors(
     labels: torch.Tensor,
     num_parts: int,
     min_pixels: int = DEFAULT_MIN_REGION_PIXELS,
+    colour_space: str = "lab",
 ) -> dict[str, torch.Tensor]:
     """Per-region colour error: ΔE*ab between the mean colour of ``generated`` and of ``ground_truth`` in each region
     of the ground truth's ``labels``.
@@ -380,17 +381,24 @@ def part_colour_errors(
         labels: the ground truth's regions ``(N, H, W)`` (``-1`` background).
         num_parts: P.
         min_pixels: regions with fewer ground-truth pixels are left out (NaN).
+        colour_space: ``"lab"`` (ΔE*ab, CIE 1976) or ``"rgb"`` (Euclidean distance of the mean colours in 0–255
+            RGB units, a cruder scale some checks use).
 
     Returns:
-        ``"regions"``: ΔE ``(N, P + 1)`` (NaN where absent); ``"part"``: mean over the person's parts present
+        ``"regions"``: the error ``(N, P + 1)`` (NaN where absent); ``"part"``: mean over the person's parts present
         ``(N,)``; ``"background"``: ``(N,)``; ``"all"``: mean over every region present, background included ``(N,)``.
     """
     _check_pair(generated, ground_truth)
+    if colour_space not in ("lab", "rgb"):
+        raise ValueError(f"`colour_space` must be 'lab' or 'rgb', got {colour_space!r}.")
     truth = region_mean_colours(ground_truth, labels, num_parts, min_pixels)
     absent = truth.isnan().any(dim=-1)
     # The generated image's mean over the same pixels (its own regions may differ: it is scored on the truth's).
     produced = region_mean_colours(generated, labels, num_parts, min_pixels)
-    errors = delta_e(rgb_to_lab(produced), rgb_to_lab(truth))
+    if colour_space == "lab":
+        errors = delta_e(rgb_to_lab(produced), rgb_to_lab(truth))
+    else:
+        errors = delta_e(produced * 255, truth * 255)
     errors = torch.where(absent, torch.full_like(errors, math.nan), errors)
     return {
         "regions": errors,

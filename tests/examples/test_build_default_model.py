@@ -63,12 +63,26 @@ def check_results(built: dict, script) -> None:
     speed = text.split("### Speed, side by side", 1)[1]  # timed interleaved, one row per student setting
     assert "(1 interleaved calls)" in speed and "| student 1 | 1 | 1 |" in speed and "| student 2 | 2 | 1 |" in speed
     paired = text.split("### Paired differences, video by video", 1)[1].split("###", 1)[0]
-    assert "| student 1 steps | teacher 2 steps | SSIM ↑ |" in paired
-    assert f"| {script.ABLATION[-1].name} 2 steps | {script.ABLATION[0].name} 2 steps | SSIM ↑ |" in paired
-    assert f"| student 2 steps | {script.MATCHED_TEACHER} 2 steps | SSIM ↑ |" in paired
-    assert f"| student 1 steps | {script.UNDISTILLED_TEACHER} 1 steps | SSIM ↑ |" in paired
-    # teacher: student 1, 2 vs 2 steps; matched: the same; undistilled: 1 vs 1 and 2, 2 vs 2; ablation vs plain LCD
-    assert paired.count(" of 1 videos |") == 2 + 2 + 3 + len(script.ABLATION) - 1
+    for metric in ("SSIM ↑", "person L1 ↓", "part ΔE ↓"):
+        assert f"| student 1 steps | teacher 2 steps | {metric} |" in paired
+        assert f"| student 2 steps | {script.MATCHED_TEACHER} 2 steps | {metric} |" in paired
+        assert f"| student 1 steps | {script.UNDISTILLED_TEACHER} 1 steps | {metric} |" in paired
+        # the reenactment split: the student at the ablation's steps against the teacher there and at its most
+        assert f"| student 2 steps (reenact) | teacher 2 steps | {metric} |" in paired
+    # self split (one video), per metric: teacher: student 1, 2 vs 2 steps; matched: the same; undistilled: 1 vs 1
+    # and 2, 2 vs 2; and the ablation rows against plain LCD in SSIM and part ΔE
+    assert paired.count(" of 1 videos |") == 3 * (2 + 2 + 3) + 2 * (len(script.ABLATION) - 1)
+    # the ablation against plain LCD: SSIM and part ΔE on the self split, part ΔE and reference spread on pairs
+    for metric, split in (("SSIM ↑", ""), ("part ΔE ↓", ""), ("part ΔE ↓", " (reenact)"), ("ref. spread ↓", " (reenact)")):
+        assert f"| {script.ABLATION[-1].name} 2 steps{split} | {script.ABLATION[0].name} 2 steps | {metric} |" in paired
+    appearance = text.split("### Appearance: does the output wear the reference?", 1)[1].split("###", 1)[0]
+    for split in ("self", "reenact"):
+        for method in ("ground truth", "VAE reconstruction", "ignores the reference"):
+            assert f"| {method} | {split} | – | – |" in appearance
+        assert f"| {script.ABLATION[-1].name} | {split} | 2 | 1 |" in appearance
+    targets = text.split("### Appearance targets", 1)[1].split("###", 1)[0]
+    assert "| self split: teacher 2 steps, part ΔE ÷ ignores the reference |" in targets
+    assert "| reenact split: student 2 steps, reference swap (ΔE to B ÷ ΔE to A) |" in targets
     assert "| **total** |" in text
 
 
@@ -136,3 +150,15 @@ def test_ablation_rows_differ_only_in_regulariser_weights(script, tmp_path):
     other = script.Build(dataclasses.replace(build.preset, distillation_guidance_scale=2.5), tmp_path, seed=0)
     assert {build.spatial_dir(variant) for variant in script.ABLATION}.isdisjoint(
         other.spatial_dir(variant) for variant in script.ABLATION)
+
+
+def test_a_vae_that_misses_the_gate_stops_the_build(script, tmp_path, monkeypatch):
+    """The smoke VAE (2 steps) loses the colours: with the gate on, the build stops before the teacher trains."""
+    monkeypatch.setitem(script.PRESETS, "smoke", dataclasses.replace(script.PRESETS["smoke"], vae_gate=(0.15, 10.0)))
+    argv = ["--preset", "smoke", "--work_dir", str(tmp_path / "work"), "--models_dir", str(tmp_path / "models"),
+            "--assets_dir", str(tmp_path / "assets"), "--results", str(tmp_path / "RESULTS.md")]
+    with pytest.raises(SystemExit, match=r"autoencoder gate failed \(part ΔE ratio .* > 0\.15.*person MAE"):
+        script.main(argv)
+    gate = json.loads((tmp_path / "work" / "vae" / "gate.json").read_text())
+    assert gate["passed"] is False and gate["part_ratio"] > 0.15
+    assert not (tmp_path / "work" / "teacher_image").exists() and not (tmp_path / "models").exists()
