@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from referencelcm import MultiGuidanceEncoder, ReferenceLCMPipeline
+from referencelcm.data.layout import MASK_FOLDER, list_videos
 from referencelcm.pipelines import factory
 from referencelcm.training.checkpointing import (
     check_finite_loss,
@@ -61,7 +62,7 @@ from referencelcm.training.teacher import (
 )
 from referencelcm.training.tracking import trackers
 from referencelcm.training.unets import motion_unet_with_spatial_weights, spatial_unet_from_motion
-from referencelcm.training.vae import VAEReconstruction, latent_scaling_factor, vae_loss
+from referencelcm.training.vae import VAEReconstruction, latent_scaling_factor, person_crops, vae_loss
 
 logger = get_logger(__name__)
 STAGES = ("vae", "image", "video")
@@ -105,6 +106,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--snr_gamma", type=float, default=5.0, help="Min-SNR-γ; 0 turns the weighting off.")
     add("--noise_offset", type=float, default=0.05)
     add("--kl_weight", type=float, default=1e-6, help="Stage vae: weight of the KL term.")
+    add("--vae_crop_size", type=int, default=0, help="Stage vae: train on square crops of this size, centred on the "
+        "person (mask/ folder) 3 times in 4; 0 trains on whole frames.")
+    add("--vae_person_weight", type=float, default=0.0, help="Stage vae: person pixels (mask/ folder) count 1 + this "
+        "many times in the reconstruction loss.")
     add("--learning_rate", type=float, default=None, help="Default 1e-4 (vae), 1e-5 (image, video).")
     add("--lr_scheduler", default="constant")
     add("--lr_warmup_steps", type=int, default=0)
@@ -139,6 +144,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--stage video needs --num_frames >= 2, got {args.num_frames}.")
     if args.motion_adapter_path is not None and args.stage != "video":
         parser.error("--motion_adapter_path is for --stage video.")
+    if args.vae_crop_size < 0 or args.vae_person_weight < 0:
+        parser.error(f"--vae_crop_size and --vae_person_weight must be >= 0, got {args.vae_crop_size} and "
+                     f"{args.vae_person_weight}.")
+    if (args.vae_crop_size or args.vae_person_weight) and args.stage != "vae":
+        parser.error("--vae_crop_size and --vae_person_weight are for --stage vae.")
+    if args.vae_crop_size > args.resolution:
+        parser.error(f"--vae_crop_size {args.vae_crop_size} exceeds --resolution {args.resolution}.")
     return args
 
 
@@ -307,13 +319,34 @@ def trainable_network(args, pipe: ReferenceLCMPipeline, device: torch.device, we
     return ReferenceNet(pipe.reference_unet, pipe.denoising_unet, pipe.guidance_encoder)
 
 
+def stage_maps(args, pipe: ReferenceLCMPipeline) -> tuple[str, ...]:
+    """The maps a stage reads beside the frames: the guidance types, or for stage vae only the person masks (when
+    every video has them; --vae_person_weight needs them)."""
+    if args.stage != "vae":
+        return pipe.guidance_types
+    if all((video / MASK_FOLDER).is_dir() for video in list_videos(args.train_data_dir)):
+        return (MASK_FOLDER,)
+    if args.vae_person_weight:
+        raise FileNotFoundError(f"`--vae_person_weight` needs a {MASK_FOLDER}/ folder in every video of "
+                                f"`--train_data_dir` {args.train_data_dir!r}.")
+    return pipe.guidance_types
+
+
 # -- losses and validation per stage -----------------------------------------------------------------------------------
 
 
-def vae_stage_loss(vae, network, kl_weight: float):
+def vae_stage_loss(vae, network, args):
+    """Stage vae's step: frames (or person-centred crops of ``--vae_crop_size``) through the VAE, person pixels
+    weighted by ``--vae_person_weight`` (masks from the batch's ``mask`` maps when the dataset reads them)."""
     def compute(batch, generator):
         pixels = rearrange(batch["target"], "b c f h w -> (b f) c h w").to(vae.device)
-        return vae_loss(vae, pixels, kl_weight, generator, reconstruction_model=network)
+        masks = torch.zeros(pixels.shape[0], *pixels.shape[2:], dtype=torch.bool, device=pixels.device)
+        if MASK_FOLDER in batch["guidance"]:
+            masks = rearrange(batch["guidance"][MASK_FOLDER][:, 0] > 0.5, "b f h w -> (b f) h w").to(pixels.device)
+        if args.vae_crop_size:
+            pixels, masks = person_crops(pixels, masks, args.vae_crop_size, generator)
+        return vae_loss(vae, pixels, args.kl_weight, generator, reconstruction_model=network, masks=masks,
+                        person_weight=args.vae_person_weight)
     return compute
 
 
@@ -356,7 +389,7 @@ def main(argv: list[str] | None = None) -> None:
     # 3. Data: single frames (vae, image) or clips (video), order a pure function of (seed, epoch)
     dataset = ReferenceVideoDataset(
         args.train_data_dir, args.resolution, num_frames=args.num_frames, frame_stride=args.frame_stride,
-        num_references=1, guidance_types=pipe.guidance_types, clip_image_processor=pipe.feature_extractor,
+        num_references=1, guidance_types=stage_maps(args, pipe), clip_image_processor=pipe.feature_extractor,
         seed=args.seed,
     )
     sampler = MultiSourceBatchSampler(dataset, args.train_batch_size, seed=args.seed, drop_last=True)
@@ -373,7 +406,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # 5. The step: VAE reconstruction, or the teacher's min-SNR v-prediction loss
     if args.stage == "vae":
-        compute_loss = vae_stage_loss(pipe.vae, network, args.kl_weight)
+        compute_loss = vae_stage_loss(pipe.vae, network, args)
     else:
         config = TeacherConfig(uncond_ratio=args.uncond_ratio, snr_gamma=args.snr_gamma or None,
                                noise_offset=args.noise_offset)

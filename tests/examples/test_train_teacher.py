@@ -75,7 +75,8 @@ def state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def vae_output(workspace: Path) -> Path:
     args = base_args(workspace, "vae", "vae") + ["--model_config", str(workspace / "tiny.json"),
-                                                 "--checkpointing_steps", "2", "--validation_steps", "2"]
+                                                 "--checkpointing_steps", "2", "--validation_steps", "2",
+                                                 "--vae_crop_size", "16", "--vae_person_weight", "4"]
     environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=REPO,
                             env=environment, timeout=600)
@@ -108,6 +109,19 @@ def test_vae_stage_writes_a_teacher_with_a_trained_vae(vae_output: Path):
     assert (vae_output / "checkpoint-2" / "model.safetensors").is_file()
     assert (vae_output / "validation" / "step-2" / "reconstruction.png").is_file()
     assert "teacher" in (vae_output / "README.md").read_text()
+    logged = json.loads((vae_output / "logs" / "config.json").read_text())
+    assert (logged["vae_crop_size"], logged["vae_person_weight"]) == (16, 4.0)  # person-centred crops, weighted
+
+
+def test_vae_flags_are_checked(script, workspace: Path, capsys):
+    for extra, message in ((["--vae_crop_size", "64"], "exceeds --resolution"),
+                           (["--vae_person_weight", "-1"], "must be >= 0")):
+        with pytest.raises(SystemExit):
+            script.parse_args(base_args(workspace, "vae", "vae") + extra)
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        script.parse_args(base_args(workspace, "image", "image") + ["--vae_person_weight", "2"])
+    assert "are for --stage vae" in capsys.readouterr().err
 
 
 def test_image_stage_trains_read_layers_only(vae_output: Path, image_output: Path):

@@ -20,3 +20,21 @@ def test_default_guidance_widths_follow_the_unet():
 def test_guidance_widths_must_match_the_vae_depth():
     with pytest.raises(ValueError, match="guidance_block_out_channels.*3 widths"):
         build_components(vae_block_out_channels=(8, 16, 16), guidance_block_out_channels=(8, 16))
+
+
+def test_latent_channels_size_the_vae_and_both_unets():
+    import torch
+
+    components = build_components(vae_block_out_channels=(8, 16), vae_latent_channels=8, vae_norm_num_groups=4)
+    assert components["vae"].config.latent_channels == 8 and components["vae"].config.norm_num_groups == 4
+    for name in ("reference_unet", "denoising_unet"):
+        assert components[name].config.in_channels == components[name].config.out_channels == 8
+    pipe = ReferenceLCMPipeline(**components)
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(0)
+    guidance = {name: torch.rand(2, 3, 32, 32, generator=generator) for name in pipe.guidance_types}
+    reference = (torch.rand(32, 32, 3, generator=generator) * 255).to(torch.uint8).numpy()
+    latents = pipe(reference, guidance, num_inference_steps=2, output_type="latent").frames
+    assert latents.shape[1] == 8  # (B, C, F, h, w)
+    frames = pipe(reference, guidance, num_inference_steps=2, output_type="pt").frames[0]
+    assert frames.shape == (2, 3, 32, 32)

@@ -22,7 +22,7 @@ from referencelcm.training.teacher import (
     training_target,
     unread_reference_parameters,
 )
-from referencelcm.training.vae import latent_scaling_factor, vae_loss
+from referencelcm.training.vae import latent_scaling_factor, person_crops, vae_loss
 
 from ..conftest import GUIDANCE_TYPES, IMAGE_SIZE, build_components, randomize_guidance_encoder
 
@@ -254,3 +254,46 @@ def test_vae_loss_trains_and_scaling_factor_normalises_latents():
     assert abs(latents.std().item() - 1.0) < 1e-3
     with pytest.raises(ValueError, match="pixels"):
         vae_loss(vae, pixels[0])
+
+
+def test_person_weight_counts_person_pixels_more_and_keeps_the_scale():
+    vae = build_components()["vae"].train()
+    pixels = torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    masks = torch.zeros(2, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.bool)
+    masks[:, 8:24, 12:20] = True
+
+    def loss(**kwargs):
+        return vae_loss(vae, pixels, generator=torch.Generator().manual_seed(0), **kwargs)
+
+    plain, unweighted = loss(), loss(masks=masks, person_weight=0.0)
+    assert unweighted.terms["l1"] == pytest.approx(plain.terms["l1"], rel=1e-6)
+    weighted = loss(masks=masks, person_weight=4.0)
+    error = (weighted.reconstruction - pixels).abs().mean(dim=1)  # (B, H, W), same noise: same reconstruction
+    weights = 1 + 4.0 * masks.float()
+    expected = ((error * weights).flatten(1).mean(1) / weights.flatten(1).mean(1)).mean()
+    assert weighted.terms["l1"] == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="masks"):
+        loss(masks=masks[:, :8], person_weight=1.0)
+    with pytest.raises(ValueError, match="person_weight"):
+        loss(masks=masks, person_weight=-1.0)
+
+
+def test_person_crops_centre_on_the_person_or_fall_back_to_anywhere():
+    pixels = torch.arange(2 * 1 * 32 * 32, dtype=torch.float32).reshape(2, 1, 32, 32)
+    masks = torch.zeros(2, 32, 32, dtype=torch.bool)
+    masks[0, 20:24, 25:27] = True  # frame 1 shows no person
+    crops, crop_masks = person_crops(pixels, masks, 8, torch.Generator().manual_seed(0), person_probability=1.0)
+    assert crops.shape == (2, 1, 8, 8) and crop_masks.shape == (2, 8, 8)
+    assert crop_masks[0].any() and not crop_masks[1].any()
+    top, left = divmod(int(crops[0, 0, 0, 0].item()), 32)  # pixel values are their flat index
+    assert torch.equal(crops[0], pixels[0, :, top : top + 8, left : left + 8])
+    assert torch.equal(crop_masks[0], masks[0, top : top + 8, left : left + 8])
+    shares = []
+    for seed in range(40):  # with probability 0.5, about half the crops of frame 0 hold the person
+        _, drawn = person_crops(pixels, masks, 8, torch.Generator().manual_seed(seed), person_probability=0.5)
+        shares.append(bool(drawn[0].any()))
+    assert 0.3 < sum(shares) / len(shares) < 0.95
+    with pytest.raises(ValueError, match="size"):
+        person_crops(pixels, masks, 33)
+    with pytest.raises(ValueError, match="agree"):
+        person_crops(pixels, masks[:1], 8)

@@ -33,13 +33,15 @@ def unet_2d_config(
     norm_num_groups: int = 2,
     time_cond_proj_dim: int | None = None,
     layers_per_block: int = 1,
+    latent_channels: int = 4,
 ) -> dict:
-    """A ``UNet2DConditionModel`` config: cross-attention in every block but the deepest (SD1.5's pattern)."""
+    """A ``UNet2DConditionModel`` config: cross-attention in every block but the deepest (SD1.5's pattern), reading
+    and predicting ``latent_channels``-channel latents."""
     depth = len(block_out_channels)
     return dict(
         sample_size=sample_size,
-        in_channels=4,
-        out_channels=4,
+        in_channels=latent_channels,
+        out_channels=latent_channels,
         block_out_channels=tuple(block_out_channels),
         layers_per_block=layers_per_block,
         down_block_types=("CrossAttnDownBlock2D",) * (depth - 1) + ("DownBlock2D",),
@@ -68,6 +70,8 @@ def build_components(
     motion_num_attention_heads: int = 2,
     motion_max_seq_length: int = 32,
     guidance_block_out_channels: Sequence[int] | None = None,
+    vae_latent_channels: int = 4,
+    vae_norm_num_groups: int | None = None,
 ) -> dict:
     """Every :class:`ReferenceLCMPipeline` component, freshly initialised from ``seed`` (defaults: tiny, CPU-fast).
 
@@ -77,6 +81,8 @@ def build_components(
     ``attention_head_dim`` size both UNets; the ``motion_*`` settings size the motion adapter (see
     :func:`build_motion_adapter`). ``guidance_block_out_channels`` are the guidance encoders' conv widths (one more
     than the VAE's downsampling steps; default ``(w, 2w, …, 4w)`` with ``w`` the first UNet width).
+    ``vae_latent_channels`` sets the latent's channels (and both UNets' input and output); ``vae_norm_num_groups``
+    the VAE's group-norm groups (default ``norm_num_groups``).
     """
     if scheduler not in ("lcm", "ddim"):
         raise ValueError(f"`scheduler` must be 'lcm' or 'ddim', got {scheduler!r}.")
@@ -86,8 +92,8 @@ def build_components(
         block_out_channels=tuple(vae_block_out_channels),
         down_block_types=("DownEncoderBlock2D",) * vae_depth,
         up_block_types=("UpDecoderBlock2D",) * vae_depth,
-        latent_channels=4,
-        norm_num_groups=norm_num_groups,
+        latent_channels=vae_latent_channels,
+        norm_num_groups=vae_norm_num_groups or norm_num_groups,
         layers_per_block=1,
         sample_size=image_size,
     )
@@ -111,6 +117,7 @@ def build_components(
         norm_num_groups=norm_num_groups,
         layers_per_block=layers_per_block,
         attention_head_dim=attention_head_dim,
+        latent_channels=vae_latent_channels,
     )
     reference_unet = UNet2DConditionModel(**unet_2d_config(**unet_kwargs))
     denoising_unet = UNet2DConditionModel(**unet_2d_config(**unet_kwargs, time_cond_proj_dim=time_cond_proj_dim))
