@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+from typing import Callable, Sequence
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, LCMScheduler, MotionAdapter, UNet2DConditionModel, UNetMotionModel
@@ -51,6 +52,18 @@ def unet_2d_config(
     )
 
 
+def _leaves_global_rng_unchanged(function: Callable) -> Callable:
+    """Run ``function`` on a fork of the CPU torch RNG, so seeding inside it does not change the caller's RNG."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with torch.random.fork_rng(devices=[]):
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
+@_leaves_global_rng_unchanged
 def build_components(
     image_size: int = 32,
     guidance_types: Sequence[str] = ("depth", "normal", "semantic_map", "dwpose"),
@@ -76,7 +89,8 @@ def build_components(
     (teacher), both on the teacher schedule :data:`TEACHER_SCHEDULER_CONFIG`. ``layers_per_block`` and
     ``attention_head_dim`` size both UNets; the ``motion_*`` settings size the motion adapter (see
     :func:`build_motion_adapter`). ``guidance_block_out_channels`` are the guidance encoders' conv widths (one more
-    than the VAE's downsampling steps; default ``(w, 2w, …, 4w)`` with ``w`` the first UNet width).
+    than the VAE's downsampling steps; default ``(w, 2w, …, 4w)`` with ``w`` the first UNet width). The weights are
+    drawn from a forked RNG seeded with ``seed``: the caller's global torch RNG state is left unchanged.
     """
     if scheduler not in ("lcm", "ddim"):
         raise ValueError(f"`scheduler` must be 'lcm' or 'ddim', got {scheduler!r}.")
