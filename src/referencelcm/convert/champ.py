@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import pickle
 import re
 import shutil
 import tempfile
@@ -32,13 +31,13 @@ import diffusers
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel, UNetMotionModel
 from diffusers.utils import logging as diffusers_logging
-from safetensors.torch import load_file
 from torch import nn
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from ..models.guidance_encoder import MultiGuidanceEncoder
 from ..models.motion import set_motion_norm_mode
 from ..pipelines.factory import TEACHER_SCHEDULER_CONFIG
+from ..state_dicts import load_state_dict_file
 from .champ_keys import (
     MOTION_ALLOWED_MISSING,
     REFERENCE_UNET_ALLOWED_MISSING,
@@ -188,21 +187,7 @@ def _guidance_files(checkpoints: Path, guidance_types: Sequence[str] | None) -> 
 
 def load_champ_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """Read a Champ ``.pth`` state dict safely (``weights_only=True``, memory-mapped when the format allows)."""
-    try:
-        try:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ValueError(
-            f"{path}: cannot be read with torch.load(weights_only=True), so it holds more than tensors; refusing to "
-            f"unpickle arbitrary objects ({str(error).splitlines()[0]})."
-        ) from error
-    if isinstance(state_dict, Mapping) and "state_dict" in state_dict:
-        state_dict = state_dict["state_dict"]
-    if not isinstance(state_dict, Mapping) or not all(isinstance(value, torch.Tensor) for value in state_dict.values()):
-        raise ValueError(f"{path}: expected a state dict (name → tensor), got {type(state_dict).__name__}.")
-    return dict(state_dict)
+    return load_state_dict_file(path, "--champ-dir")
 
 
 # -- the report --------------------------------------------------------------------------------------------------
@@ -274,10 +259,7 @@ class _BaseWeights:
 
     def get(self) -> dict[str, torch.Tensor] | None:
         if self.path is not None and self._state_dict is None:
-            if self.path.suffix == ".safetensors":
-                self._state_dict = load_file(self.path)
-            else:
-                self._state_dict = torch.load(self.path, map_location="cpu", weights_only=True)
+            self._state_dict = load_state_dict_file(self.path, "--base-model")
         return self._state_dict
 
 
