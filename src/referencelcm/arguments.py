@@ -3,9 +3,11 @@ or written. Each raises ``ValueError`` / ``FileNotFoundError`` naming the flag, 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from pathlib import Path
+from typing import Iterator
 
 import PIL.Image
 import torch
@@ -93,6 +95,16 @@ def missing_parents(path: str | os.PathLike) -> Path | None:
             break
         missing = parent
     return missing
+
+
+@contextlib.contextmanager
+def naming(flag: str, value: object) -> Iterator[None]:
+    """Re-raise a ``ValueError`` / ``FileNotFoundError`` from the block with ``"{flag} {value}: "`` in front (the
+    original as its cause), so an error from deep inside says which argument it is about."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError) as error:
+        raise type(error)(f"{flag} {value}: {error}") from error
 
 
 def read_image(flag: str, path: str | os.PathLike) -> PIL.Image.Image:

@@ -1,9 +1,9 @@
 """Check a pipeline folder before diffusers loads it, so that a broken folder is reported by component and file.
 
 diffusers' own errors for a damaged folder name neither the component nor what is wrong with it (``OSError: Error no
-file named config.json found in directory DIR``, or a traceback from deep inside safetensors). :func:`check_pipeline_folder`
-reads only ``model_index.json``, the components' JSON files and the safetensors headers, so it is cheap enough to run
-before every load.
+file named config.json found in directory DIR``, or a traceback from deep inside safetensors).
+:func:`check_pipeline_folder` reads only ``model_index.json``, the components' JSON files and the safetensors headers,
+so it is cheap enough to run before every load.
 """
 
 from __future__ import annotations
@@ -114,10 +114,10 @@ def _check_safetensors(path: Path, where: str) -> None:
         header_bytes = handle.read(header_length)
     try:
         header = json.loads(header_bytes)
-        data_length = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+        ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError, IndexError, AttributeError) as error:
         raise ValueError(f"{where}: {path} is not a safetensors file (its header does not parse: {error}).") from error
-    expected = _SAFETENSORS_LENGTH_BYTES + header_length + data_length
+    expected = _SAFETENSORS_LENGTH_BYTES + header_length + max(ends, default=0)
     if size != expected:
         raise ValueError(f"{where}: {path} is truncated or damaged: {size} bytes, but its header lays out {expected}.")
 
