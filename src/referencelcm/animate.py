@@ -90,6 +90,8 @@ def load_pipeline(model: str | None, device: torch.device, dtype: torch.dtype):
 
     if model is None:
         model = bundled(BUNDLED_MODELS, "model_index.json")
+        if model is not None:
+            print(f"referencelcm: using the bundled model {model}")
     if model is None:
         from .pipelines.factory import build_components
 

@@ -34,9 +34,11 @@ from diffusers.utils import logging as diffusers_logging
 from torch import nn
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
+from ..arguments import check_at_least, check_output_folder
 from ..models.guidance_encoder import MultiGuidanceEncoder
 from ..models.motion import set_motion_norm_mode
 from ..pipelines.factory import TEACHER_SCHEDULER_CONFIG
+from ..pipelines.loading import check_component_folder
 from ..state_dicts import load_state_dict_file
 from .champ_keys import (
     MOTION_ALLOWED_MISSING,
@@ -155,6 +157,7 @@ def _existing_file(path: Path, argument: str) -> Path:
 def _model_dir(path: Path, argument: str, what: str) -> Path:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{argument} {path}: expected a folder with config.json holding {what}.")
+    check_component_folder(path, f"{argument} {path}")
     return path
 
 
@@ -478,9 +481,10 @@ def write_model_index(folder: Path) -> None:
 
 
 def check_output(output: Path, overwrite: bool) -> None:
-    """Refuse an output that is a file, or a non-empty folder unless ``overwrite``."""
+    """Refuse an output that is a file or under one, or a non-empty folder unless ``overwrite``."""
     if output.exists() and not output.is_dir():
         raise ValueError(f"--output {output}: expected a folder to create; a file is in the way.")
+    check_output_folder("--output", output)
     if output.is_dir() and any(output.iterdir()) and not overwrite:
         raise ValueError(f"--output {output}: the folder is not empty; pass --overwrite to replace it.")
 
@@ -551,6 +555,8 @@ def convert_champ(
     log = log or (lambda message: None)
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {tuple(DTYPES)}, got {dtype!r}.")
+    check_at_least("--guidance-attention-heads", guidance_attention_heads, 1)
+    check_at_least("--motion-attention-heads", motion_attention_heads, 1)
     scheduler = champ_scheduler(beta_schedule)
     output = Path(output)
     check_output(output, overwrite)

@@ -11,7 +11,7 @@ from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWi
 
 from ..models.guidance_encoder import MultiGuidanceEncoder
 
-# The teacher schedule of DESIGN §2 (Champ's): v-prediction, zero terminal SNR, trailing timesteps.
+# The teacher schedule of docs/design.md §2 (Champ's): v-prediction, zero terminal SNR, trailing timesteps.
 TEACHER_SCHEDULER_CONFIG = dict(
     num_train_timesteps=1000,
     beta_start=0.00085,

@@ -56,7 +56,7 @@ def check_pipeline_folder(folder: str | os.PathLike, argument: str, components: 
                 f"{where}: component {name!r}: {INDEX_FILE} must list it as [library, class], got {entry!r}."
             )
         _check_class(entry, f"{where}: component {name!r}")
-        _check_component_folder(folder / name, f"{where}: component {name!r}")
+        check_component_folder(folder / name, f"{where}: component {name!r}")
     return index
 
 
@@ -87,7 +87,11 @@ def _check_class(entry: list[str], where: str) -> None:
         )
 
 
-def _check_component_folder(path: Path, where: str) -> None:
+def check_component_folder(path: Path, where: str) -> None:
+    """One component's folder (``vae/``, a standalone model folder): a config, valid JSON, complete weights.
+
+    ``where`` starts every error message (e.g. ``"--vae DIR"``).
+    """
     if not path.is_dir():
         raise FileNotFoundError(f"{where}: its folder {path} is missing.")
     if not any((path / name).is_file() for name in CONFIG_FILES):
@@ -122,17 +126,35 @@ def _check_safetensors(path: Path, where: str) -> None:
         raise ValueError(f"{where}: {path} is truncated or damaged: {size} bytes, but its header lays out {expected}.")
 
 
-def load_pipeline(model: str | os.PathLike, argument: str, **kwargs: Any):
-    """``ReferenceLCMPipeline.from_pretrained(model, **kwargs)`` whose errors name ``argument`` (a flag: ``--model``).
+def looks_like_local_path(path: str) -> bool:
+    """Whether ``path`` is meant as a local path (it exists, starts with ``.``, ``/`` or ``~``, or has more than one
+    ``/``) rather than a Hub repo id (``name`` or ``owner/name``)."""
+    return os.path.exists(path) or path.startswith((".", os.sep, "~")) or path.count("/") > 1
 
-    A local folder is checked with :func:`check_pipeline_folder` first; anything else is taken as a Hub repo id, and
-    a failed download (offline, unknown repo) becomes a ``FileNotFoundError`` naming ``argument`` and ``model``.
-    """
+
+def check_pipeline_argument(model: str | os.PathLike, argument: str, overrides: dict[str, Any] | None = None) -> None:
+    """Check a ``--model``-like value before loading: a local folder with :func:`check_pipeline_folder`, a local path
+    that does not exist is a ``FileNotFoundError``; a Hub repo id passes (it is checked once downloaded)."""
     from .pipeline_referencelcm import ReferenceLCMPipeline
 
     path = os.fspath(model)
     if os.path.isdir(path):
-        check_pipeline_folder(path, argument, loaded_components(ReferenceLCMPipeline, kwargs))
+        check_pipeline_folder(path, argument, loaded_components(ReferenceLCMPipeline, overrides or {}))
+    elif looks_like_local_path(path):
+        raise FileNotFoundError(f"{argument} {path}: no such folder.")
+
+
+def load_pipeline(model: str | os.PathLike, argument: str, **kwargs: Any):
+    """``ReferenceLCMPipeline.from_pretrained(model, **kwargs)`` whose errors name ``argument`` (a flag: ``--model``).
+
+    A local folder is checked with :func:`check_pipeline_argument` first; anything else is taken as a Hub repo id, and
+    a failed download (offline, unknown repo) becomes a ``FileNotFoundError`` naming ``argument`` and ``model``.
+    """
+    from .pipeline_referencelcm import ReferenceLCMPipeline
+
+    check_pipeline_argument(model, argument, kwargs)
+    path = os.fspath(model)
+    if os.path.isdir(path):
         return ReferenceLCMPipeline.from_pretrained(path, **kwargs)
     try:
         return ReferenceLCMPipeline.from_pretrained(path, **kwargs)

@@ -26,7 +26,7 @@ from ..models.reference_attention import ReferenceBank, check_reference_pairing,
 from ..training.consistency import guidance_scale_embedding
 from .context import context_windows
 from .inputs import FramesInput, ImageInput, guidance_to_tensors, reference_to_tensor, resize
-from .loading import check_pipeline_folder, loaded_components
+from .loading import check_pipeline_folder, loaded_components, looks_like_local_path
 from .pipeline_output import ReferenceLCMPipelineOutput
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -35,7 +35,7 @@ OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 class ReferenceLCMPipeline(DiffusionPipeline):
     r"""Pose-guided human animation with a ReferenceNet (R-UNet + D-UNet) and a latent consistency D-UNet.
 
-    Components (DESIGN §3): ``vae`` (``AutoencoderKL`` / ``AutoencoderTiny``), ``image_encoder``
+    Components (docs/design.md §3): ``vae`` (``AutoencoderKL`` / ``AutoencoderTiny``), ``image_encoder``
     (``CLIPVisionModelWithProjection``), ``feature_extractor`` (``CLIPImageProcessor``), ``reference_unet``
     (``UNet2DConditionModel``), ``denoising_unet`` (``UNet2DConditionModel`` for images, ``UNetMotionModel`` for
     video), ``guidance_encoder`` (:class:`MultiGuidanceEncoder`), ``scheduler`` (``LCMScheduler`` for a distilled
@@ -124,7 +124,7 @@ class ReferenceLCMPipeline(DiffusionPipeline):
         """
         path = os.fspath(pretrained_model_name_or_path)
         if not os.path.isdir(path):
-            if os.path.exists(path) or path.startswith((".", os.sep, "~")) or path.count("/") > 1:
+            if looks_like_local_path(path):
                 raise FileNotFoundError(f"`pretrained_model_name_or_path` {path!r} is not a pipeline folder.")
             from huggingface_hub import snapshot_download
 

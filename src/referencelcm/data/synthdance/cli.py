@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ...arguments import check_at_least, check_output_folder
 from .writer import DEFAULT_FPS, generate_dataset
 
 
@@ -29,8 +30,8 @@ def run(args: argparse.Namespace) -> int:
         ("--fps", args.fps, 1),
         ("--seed", args.seed, 0),
     ):
-        if value < minimum:
-            raise ValueError(f"{flag} must be an integer >= {minimum}, got {value}.")
+        check_at_least(flag, value, minimum)
+    check_output_folder("--output", args.output)
     root = generate_dataset(
         args.output,
         num_videos=args.num_videos,
