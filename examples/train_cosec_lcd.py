@@ -43,7 +43,6 @@ from referencelcm.training.checkpointing import (
     step_generator,
 )
 from referencelcm.training.consistency import DDIMSolver
-from referencelcm.training.data import MultiSourceBatchSampler, ReferenceVideoDataset, collate_reference_batch
 from referencelcm.training.distill import ConsistencyDistillationStep, DistillationConfig, DistillationModels
 from referencelcm.training.ema import ema_update
 from referencelcm.training.export import (
@@ -58,7 +57,12 @@ from referencelcm.training.export import (
     student_pipeline,
     validation_samples,
 )
-from referencelcm.training.script_support import build_lr_scheduler, check_data_root, check_numbers
+from referencelcm.training.script_support import (
+    build_lr_scheduler,
+    check_data_root,
+    check_numbers,
+    training_dataloader,
+)
 from referencelcm.training.tracking import trackers
 from referencelcm.training.unets import motion_unet_with_spatial_weights, spatial_unet_from_motion
 
@@ -183,19 +187,6 @@ def add_lora(args, student: torch.nn.Module) -> None:
                                    target_modules=list(LORA_TARGET_MODULES)))
 
 
-def make_dataloader(args, teacher: ReferenceLCMPipeline):
-    """``(dataset, batch sampler, dataloader)``: k intra-source references per item, several videos per batch."""
-    dataset = ReferenceVideoDataset(
-        args.train_data_dir, args.resolution, num_frames=args.num_frames, frame_stride=args.frame_stride,
-        num_references=args.num_equivalent_references, guidance_types=teacher.guidance_types,
-        clip_image_processor=teacher.feature_extractor, seed=args.seed,
-    )
-    sampler = MultiSourceBatchSampler(dataset, args.train_batch_size, seed=args.seed, drop_last=True)
-    dataloader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_reference_batch,
-                                             num_workers=args.dataloader_num_workers)
-    return dataset, sampler, dataloader
-
-
 def make_optimizer(args, parameters: list[torch.nn.Parameter], num_processes: int):
     """AdamW and the LR schedule (counted as accelerate steps it: :func:`build_lr_scheduler`)."""
     optimizer = torch.optim.AdamW(parameters, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
@@ -236,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         student.enable_gradient_checkpointing()
 
     # 3. Data: RAS references per item, multi-source batches, order a pure function of (seed, epoch)
-    dataset, sampler, dataloader = make_dataloader(args, teacher)
+    dataset, sampler, dataloader = training_dataloader(args, teacher, args.num_equivalent_references)
 
     # 4. Optimiser, LR schedule, accelerate; the EMA target is saved with every checkpoint
     parameters = [parameter for parameter in student.parameters() if parameter.requires_grad]

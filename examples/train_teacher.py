@@ -52,7 +52,7 @@ from referencelcm.training.checkpointing import (
     save_checkpoint,
     step_generator,
 )
-from referencelcm.training.data import MultiSourceBatchSampler, ReferenceVideoDataset, collate_reference_batch
+from referencelcm.training.data import ReferenceVideoDataset
 from referencelcm.training.export import (
     portable_name,
     push_folder_to_hub,
@@ -65,6 +65,7 @@ from referencelcm.training.script_support import (
     check_data_root,
     check_model_folder,
     check_numbers,
+    training_dataloader,
 )
 from referencelcm.training.teacher import (
     ReferenceNet,
@@ -388,16 +389,7 @@ def main(argv: list[str] | None = None) -> None:
     parameters = [parameter for parameter in network.parameters() if parameter.requires_grad]
 
     # 3. Data: single frames (vae, image) or clips (video), order a pure function of (seed, epoch)
-    dataset = ReferenceVideoDataset(
-        args.train_data_dir, args.resolution, num_frames=args.num_frames, frame_stride=args.frame_stride,
-        num_references=1, guidance_types=pipe.guidance_types, clip_image_processor=pipe.feature_extractor,
-        seed=args.seed,
-    )
-    sampler = MultiSourceBatchSampler(dataset, args.train_batch_size, seed=args.seed, drop_last=True)
-    dataloader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_reference_batch,
-                                             num_workers=args.dataloader_num_workers)
-    if len(dataloader) == 0:
-        raise ValueError(f"`--train_batch_size` {args.train_batch_size} exceeds the {len(dataset)} training items.")
+    dataset, sampler, dataloader = training_dataloader(args, pipe, num_references=1)
 
     # 4. Optimiser, LR schedule, accelerate
     optimizer = torch.optim.AdamW(parameters, lr=args.learning_rate, weight_decay=args.adam_weight_decay)

@@ -165,6 +165,10 @@ def check_arguments(args: argparse.Namespace) -> slice | None:
     check_finite("--guidance-scale", args.guidance_scale)
     if args.timesteps is not None and args.steps is not None:
         raise ValueError("pass either `--steps` or `--timesteps`, not both.")
+    decreasing = args.timesteps is None or sorted(set(args.timesteps), reverse=True) == args.timesteps
+    if not decreasing or min(args.timesteps or [0]) < 0:
+        raise ValueError(f"--timesteps must be strictly decreasing integers >= 0 (e.g. 999 499 299 139), got "
+                         f"{' '.join(map(str, args.timesteps))}.")
     check_output_file("--output", args.output, VIDEO_SUFFIXES)
     for flag, path in (("--guidance", args.guidance), ("--reference", args.reference)):
         if path is not None and not os.path.exists(path):

@@ -462,6 +462,7 @@ class LearnedPerceptualDistance:
     ):
         linear_weights_path = _require_local_file("linear_weights_path", linear_weights_path, "LPIPS")
         backbone_weights_path = _require_local_file("backbone_weights_path", backbone_weights_path, "LPIPS")
+        load_state_dict_file(linear_weights_path, "`linear_weights_path`")  # refuse pickled code before lpips reads it
         try:
             import lpips
         except ImportError as error:
@@ -469,7 +470,6 @@ class LearnedPerceptualDistance:
                 "LearnedPerceptualDistance needs the optional `lpips` package (pip install lpips); "
                 "it is not installed."
             ) from error
-        load_state_dict_file(linear_weights_path, "`linear_weights_path`")  # refuse pickled code before lpips reads it
         self.model = lpips.LPIPS(
             pretrained=True, net=net, pnet_rand=True, model_path=str(linear_weights_path), verbose=False
         )

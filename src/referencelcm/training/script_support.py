@@ -19,6 +19,7 @@ from diffusers.optimization import get_scheduler
 from ..arguments import check_at_least, check_finite, naming
 from ..data.layout import list_videos
 from ..pipelines.loading import check_component_folder
+from .data import MultiSourceBatchSampler, ReferenceVideoDataset, collate_reference_batch
 
 
 def check_numbers(args: argparse.Namespace, at_least_one: Sequence[str], non_negative: Sequence[str] = ()) -> None:
@@ -50,6 +51,29 @@ def check_model_folder(flag: str, path: str | os.PathLike, subfolder: str | None
         raise FileNotFoundError(f"`{flag}` {str(path)!r} holds no config.json{inside}.")
     check_component_folder(folder, f"{flag} {path}")
     return folder
+
+
+def training_dataloader(args: argparse.Namespace, pipe, num_references: int):
+    """``(dataset, batch sampler, dataloader)`` over ``--train_data_dir`` for ``pipe``'s guidance types: items of
+    ``--num_frames`` frames with ``num_references`` references of their own video (RAS), batches of
+    ``--train_batch_size`` mixing videos (ERS), the order a pure function of ``(--seed, epoch)``.
+
+    Raises ``ValueError`` / ``FileNotFoundError`` naming ``--train_data_dir`` for a damaged video folder, and naming
+    ``--train_batch_size`` when not one full batch fits in the data.
+    """
+    with naming("--train_data_dir", args.train_data_dir):
+        dataset = ReferenceVideoDataset(
+            args.train_data_dir, args.resolution, num_frames=args.num_frames, frame_stride=args.frame_stride,
+            num_references=num_references, guidance_types=pipe.guidance_types,
+            clip_image_processor=pipe.feature_extractor, seed=args.seed,
+        )
+    sampler = MultiSourceBatchSampler(dataset, args.train_batch_size, seed=args.seed, drop_last=True)
+    dataloader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_reference_batch,
+                                             num_workers=args.dataloader_num_workers)
+    if len(dataloader) == 0:
+        raise ValueError(f"--train_batch_size {args.train_batch_size} exceeds the {len(dataset)} training items of "
+                         f"--train_data_dir {args.train_data_dir}.")
+    return dataset, sampler, dataloader
 
 
 def build_lr_scheduler(
