@@ -7,6 +7,7 @@ goes in with ``--no-deps --no-index --ignore-installed``, ahead of any editable 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -31,11 +32,15 @@ def run(command: list[str], cwd: Path, timeout: int = 600) -> subprocess.Complet
 @pytest.mark.packaging
 def test_wheel_carries_the_default_model_and_the_demo(tmp_path):
     source = tmp_path / "source"  # a copy, so building leaves nothing in the checkout
+    source.mkdir()
     for name in SOURCE_ENTRIES:
-        copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy2
-        kwargs = {"ignore": shutil.ignore_patterns("__pycache__", "*.egg-info")} if (REPO / name).is_dir() else {}
-        copy(REPO / name, source / name, **kwargs)
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"),
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(REPO / name, source / name)
+    # Without setuptools here, pip builds in an isolated environment (which fetches setuptools from the index).
+    isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q", "-w", str(tmp_path / "dist"),
          str(source)], cwd=tmp_path)
     wheel = next((tmp_path / "dist").glob("referencelcm-*.whl"))
 

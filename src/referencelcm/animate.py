@@ -11,6 +11,7 @@ nothing is written unless the video is.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import shutil
 import tempfile
@@ -114,10 +115,9 @@ def default_demo_video() -> Path:
         return demo
     from .data.synthdance import generate_dataset
 
-    root = generate_dataset(
-        Path(tempfile.mkdtemp(prefix="referencelcm-demo-")), num_videos=1, num_frames=16, resolution=64, seed=0,
-        split="test", progress=False,
-    )
+    temporary = tempfile.mkdtemp(prefix="referencelcm-demo-")
+    atexit.register(shutil.rmtree, temporary, ignore_errors=True)  # read into memory before use; not left behind
+    root = generate_dataset(temporary, num_videos=1, num_frames=16, resolution=64, seed=0, split="test", progress=False)
     return next(path for path in sorted(Path(root).iterdir()) if path.is_dir())
 
 
