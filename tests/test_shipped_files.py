@@ -62,3 +62,20 @@ def test_the_check_finds_what_it_is_for(tmp_path):
     (tmp_path / "meta.json").write_text(json.dumps({"source": "C:\\Users\\me\\data"}))
     found = absolute_paths_in(tmp_path)
     assert found == ["README.md: /home/me/teacher", "config.json: /work/main/build/vae", "meta.json: C:\\Users\\me\\data"]
+
+
+def test_exported_pipelines_carry_no_absolute_paths(tmp_path):
+    from referencelcm import ReferenceLCMPipeline
+    from referencelcm.training.export import portable_name, save_student_pipeline
+
+    from .conftest import build_components
+
+    source = tmp_path / "teacher"  # an absolute path, recorded as _name_or_path by from_pretrained
+    ReferenceLCMPipeline(**build_components()).save_pretrained(source)
+    pipe = ReferenceLCMPipeline.from_pretrained(source)
+    assert pipe.vae.config._name_or_path == str(source / "vae")
+    save_student_pipeline(pipe, tmp_path / "out", base_model=str(source),
+                          description=f"student of `{portable_name(source)}`")
+    assert absolute_paths_in(tmp_path / "out") == []
+    assert "student of `teacher`" in (tmp_path / "out" / "README.md").read_text()
+    assert portable_name("owner/repo") == "owner/repo"  # a Hub id stays as it is
