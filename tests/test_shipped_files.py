@@ -61,7 +61,8 @@ def test_the_check_finds_what_it_is_for(tmp_path):
     (tmp_path / "README.md").write_text("started from `/home/me/teacher`, see examples/train.py and https://x.y/z\n")
     (tmp_path / "meta.json").write_text(json.dumps({"source": "C:\\Users\\me\\data"}))
     found = absolute_paths_in(tmp_path)
-    assert found == ["README.md: /home/me/teacher", "config.json: /work/main/build/vae", "meta.json: C:\\Users\\me\\data"]
+    assert found == ["README.md: /home/me/teacher", "config.json: /work/main/build/vae",
+                     "meta.json: C:\\Users\\me\\data"]
 
 
 def test_exported_pipelines_carry_no_absolute_paths(tmp_path):

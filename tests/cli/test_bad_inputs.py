@@ -18,28 +18,11 @@ from typing import Callable
 import pytest
 import torch
 
-from referencelcm import ReferenceLCMPipeline
 from referencelcm.cli import build_parser, main
-from referencelcm.data.synthdance import generate_dataset
 
 from ..conftest import build_components
 from ..test_state_dicts import Payload
-
-GUIDANCE_TYPES = ("depth", "normal", "semantic_map", "dwpose")
-
-
-@pytest.fixture(scope="module")
-def video_dir(tmp_path_factory) -> Path:
-    root = generate_dataset(tmp_path_factory.mktemp("synth"), 1, 4, 32, seed=3, split="test", progress=False)
-    return next(path for path in sorted(Path(root).iterdir()) if path.is_dir())
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("model")
-    ReferenceLCMPipeline(**build_components(guidance_types=GUIDANCE_TYPES)).save_pretrained(path)
-    return path
-
+from .test_animate import model_dir, video_dir  # noqa: F401  (the same tiny model and video, as fixtures)
 
 def run_command(argv: list[str]) -> None:
     """What ``main`` runs, without its error printing: the exception reaches the test."""
@@ -71,93 +54,28 @@ def _truncated_reference(tmp, video, model):
     return {"--reference": truncate(Path(shutil.copy(video / "images" / "0000.png", tmp / "reference.png")))}
 
 
-def _corrupt_guidance_frame(tmp, video, model):
-    broken = copy(video, tmp / "video")
-    truncate(broken / "normal" / "0002.png")
-    return {"--guidance": broken}
+def damaged(flag: str, damage: Callable[[Path], object]) -> Callable:
+    """A case that copies the video (``--guidance``) or the model (``--model``) and damages the copy."""
+
+    def changes(tmp, video, model):
+        broken = copy(video if flag == "--guidance" else model, tmp / "broken")
+        damage(broken)
+        return {flag: broken}
+
+    return changes
 
 
-def _text_as_guidance_frame(tmp, video, model):
-    broken = copy(video, tmp / "video")
-    (broken / "depth" / "0000.png").write_text("hello")
-    return {"--guidance": broken}
+def edited_index(edit: Callable[[dict], object]) -> Callable[[Path], None]:
+    def damage(folder: Path) -> None:
+        index = json.loads((folder / "model_index.json").read_text())
+        edit(index)
+        (folder / "model_index.json").write_text(json.dumps(index))
+
+    return damage
 
 
-def _missing_guidance_frame(tmp, video, model):
-    broken = copy(video, tmp / "video")
-    (broken / "dwpose" / "0001.png").unlink()
-    return {"--guidance": broken}
-
-
-def _missing_guidance_type(tmp, video, model):
-    broken = copy(video, tmp / "video")
-    shutil.rmtree(broken / "semantic_map")
-    return {"--guidance": broken}
-
-
-def _guidance_without_images_or_reference(tmp, video, model):
-    broken = copy(video, tmp / "video")
-    shutil.rmtree(broken / "images")
-    return {"--guidance": broken}
-
-
-def _model_index_not_json(tmp, video, model):
-    broken = copy(model, tmp / "model")
-    (broken / "model_index.json").write_text("{not json")
-    return {"--model": broken}
-
-
-def _model_index_unknown_class(tmp, video, model):
-    broken = copy(model, tmp / "model")
-    index = json.loads((broken / "model_index.json").read_text())
-    index["vae"] = ["diffusers", "AutoencoderThatDoesNotExist"]
-    (broken / "model_index.json").write_text(json.dumps(index))
-    return {"--model": broken}
-
-
-def _model_index_lacks_component(tmp, video, model):
-    broken = copy(model, tmp / "model")
-    index = json.loads((broken / "model_index.json").read_text())
-    del index["guidance_encoder"]
-    (broken / "model_index.json").write_text(json.dumps(index))
-    return {"--model": broken}
-
-
-def _truncated_weights(tmp, video, model):
-    broken = copy(model, tmp / "model")
-    weights = broken / "reference_unet" / "diffusion_pytorch_model.safetensors"
-    truncate(weights, weights.stat().st_size - 100)
-    return {"--model": broken}
-
-
-def _weights_cut_inside_header(tmp, video, model):
-    broken = copy(model, tmp / "model")
-    truncate(broken / "vae" / "diffusion_pytorch_model.safetensors", 300)
-    return {"--model": broken}
-
-
-def _missing_weights(tmp, video, model):
-    broken = copy(model, tmp / "model")
-    (broken / "image_encoder" / "model.safetensors").unlink()
-    return {"--model": broken}
-
-
-def _missing_component_folder(tmp, video, model):
-    broken = copy(model, tmp / "model")
-    shutil.rmtree(broken / "denoising_unet")
-    return {"--model": broken}
-
-
-def _missing_component_config(tmp, video, model):
-    broken = copy(model, tmp / "model")
-    (broken / "vae" / "config.json").unlink()
-    return {"--model": broken}
-
-
-def _scheduler_config_not_json(tmp, video, model):
-    broken = copy(model, tmp / "model")
-    (broken / "scheduler" / "scheduler_config.json").write_text("[1, 2")
-    return {"--model": broken}
+def cut_end(path: Path, count: int = 100) -> Path:
+    return truncate(path, path.stat().st_size - count)
 
 
 def _video_folder_as_model(tmp, video, model):
@@ -182,27 +100,40 @@ ANIMATE_CASES: dict[str, tuple[dict | Callable, type, tuple[str, ...]]] = {
     "reference is a text file": (_text_reference, ValueError, ("--reference", "notes.txt", "not a readable image")),
     "reference PNG truncated": (_truncated_reference, ValueError, ("--reference", "reference.png", "truncated")),
     "reference missing": ({"--reference": "missing.png"}, FileNotFoundError, ("--reference", "missing.png")),
-    "guidance frame truncated": (_corrupt_guidance_frame, ValueError, ("--guidance", "normal/0002.png", "truncated")),
-    "guidance frame is text": (_text_as_guidance_frame, ValueError, ("--guidance", "depth/0000.png", "not a readable")),
-    "guidance frame missing": (_missing_guidance_frame, FileNotFoundError, ("--guidance", "dwpose", "0001.png")),
-    "guidance type missing": (_missing_guidance_type, FileNotFoundError, ("--guidance", "semantic_map")),
+    "guidance frame truncated": (damaged("--guidance", lambda video: truncate(video / "normal" / "0002.png")),
+                                 ValueError, ("--guidance", "normal/0002.png", "truncated")),
+    "guidance frame is text": (damaged("--guidance", lambda video: (video / "depth" / "0000.png").write_text("hi")),
+                               ValueError, ("--guidance", "depth/0000.png", "not a readable")),
+    "guidance frame missing": (damaged("--guidance", lambda video: (video / "dwpose" / "0001.png").unlink()),
+                               FileNotFoundError, ("--guidance", "dwpose", "0001.png")),
+    "guidance type missing": (damaged("--guidance", lambda video: shutil.rmtree(video / "semantic_map")),
+                              FileNotFoundError, ("--guidance", "semantic_map")),
     "guidance folder missing": ({"--guidance": "nowhere"}, FileNotFoundError, ("--guidance", "nowhere")),
-    "no images and no reference": (_guidance_without_images_or_reference, ValueError, ("--reference", "images/")),
-    "model_index.json not JSON": (_model_index_not_json, ValueError, ("--model", "model_index.json", "not valid JSON")),
-    "model_index.json unknown class": (_model_index_unknown_class, ValueError,
-                                       ("--model", "component 'vae'", "AutoencoderThatDoesNotExist")),
-    "model_index.json lacks a component": (_model_index_lacks_component, ValueError,
-                                           ("--model", "component 'guidance_encoder'", "model_index.json")),
-    "weights truncated": (_truncated_weights, ValueError,
-                          ("--model", "component 'reference_unet'", "diffusion_pytorch_model.safetensors", "truncated")),
-    "weights cut inside the header": (_weights_cut_inside_header, ValueError, ("--model", "component 'vae'",
-                                                                                "truncated")),
-    "weights missing": (_missing_weights, FileNotFoundError, ("--model", "component 'image_encoder'", "no weights")),
-    "component folder missing": (_missing_component_folder, FileNotFoundError,
-                                 ("--model", "component 'denoising_unet'", "missing")),
-    "component config missing": (_missing_component_config, FileNotFoundError, ("--model", "component 'vae'",
-                                                                                "config.json")),
-    "scheduler config not JSON": (_scheduler_config_not_json, ValueError, ("--model", "scheduler_config.json")),
+    "no images and no reference": (damaged("--guidance", lambda video: shutil.rmtree(video / "images")), ValueError,
+                                   ("--reference", "images/")),
+    "model_index.json not JSON": (damaged("--model", lambda model: (model / "model_index.json").write_text("{x")),
+                                  ValueError, ("--model", "model_index.json", "not valid JSON")),
+    "model_index.json unknown class": (
+        damaged("--model", edited_index(lambda index: index.update(vae=["diffusers", "AutoencoderThatDoesNotExist"]))),
+        ValueError, ("--model", "component 'vae'", "AutoencoderThatDoesNotExist")),
+    "model_index.json lacks a component": (
+        damaged("--model", edited_index(lambda index: index.pop("guidance_encoder"))), ValueError,
+        ("--model", "component 'guidance_encoder'", "model_index.json")),
+    "weights truncated": (
+        damaged("--model", lambda model: cut_end(model / "reference_unet" / "diffusion_pytorch_model.safetensors")),
+        ValueError, ("--model", "component 'reference_unet'", "diffusion_pytorch_model.safetensors", "truncated")),
+    "weights cut inside the header": (
+        damaged("--model", lambda model: truncate(model / "vae" / "diffusion_pytorch_model.safetensors", 300)),
+        ValueError, ("--model", "component 'vae'", "truncated")),
+    "weights missing": (damaged("--model", lambda model: (model / "image_encoder" / "model.safetensors").unlink()),
+                        FileNotFoundError, ("--model", "component 'image_encoder'", "no weights")),
+    "component folder missing": (damaged("--model", lambda model: shutil.rmtree(model / "denoising_unet")),
+                                 FileNotFoundError, ("--model", "component 'denoising_unet'", "missing")),
+    "component config missing": (damaged("--model", lambda model: (model / "vae" / "config.json").unlink()),
+                                 FileNotFoundError, ("--model", "component 'vae'", "config.json")),
+    "scheduler config not JSON": (
+        damaged("--model", lambda model: (model / "scheduler" / "scheduler_config.json").write_text("[1, 2")),
+        ValueError, ("--model", "scheduler_config.json")),
     "model is a video folder": (_video_folder_as_model, FileNotFoundError, ("--model", "model_index.json")),
     "model path missing": ({"--model": "./no-such-model"}, FileNotFoundError, ("--model", "no-such-model")),
     "steps 0": ({"--steps": 0}, ValueError, ("--steps", "got 0")),
@@ -374,7 +305,7 @@ def test_convert_champ_bad_input(case, tmp_path):
 
 
 def test_main_prints_one_line_and_exits_2(tmp_path, video_dir, model_dir, capsys):
-    for changes in ({"--steps": 0}, _truncated_weights(tmp_path, video_dir, model_dir)):
+    for changes in ({"--steps": 0}, ANIMATE_CASES["weights truncated"][0](tmp_path, video_dir, model_dir)):
         assert main(animate_argv(tmp_path, video_dir, model_dir, changes)) == 2
         error = capsys.readouterr().err.strip()
         assert error.startswith("referencelcm animate: error: ") and "\n" not in error and "--" in error

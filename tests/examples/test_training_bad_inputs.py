@@ -19,14 +19,11 @@ from referencelcm.data.synthdance import generate_dataset
 from ..conftest import build_components
 from ..test_state_dicts import Payload
 from . import load_example
+from .test_train_teacher import TINY_SIZES
 
 REPO = Path(__file__).resolve().parents[2]
 TEACHER_SCRIPT = REPO / "examples" / "train_teacher.py"
 COSEC_SCRIPT = REPO / "examples" / "train_cosec_lcd.py"
-TINY_SIZES = {
-    "image_size": 32, "guidance_types": ["depth", "dwpose"], "unet_block_out_channels": [8, 16],
-    "vae_block_out_channels": [8, 16], "cross_attention_dim": 16, "norm_num_groups": 2,
-}
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +36,9 @@ def workspace(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def teacher_script():
-    return load_example(TEACHER_SCRIPT)
-
-
-@pytest.fixture(scope="module")
-def cosec_script():
-    return load_example(COSEC_SCRIPT)
+def scripts() -> dict:
+    """Both scripts as modules, by file name (``main(argv)`` runs in-process)."""
+    return {path.name: load_example(path) for path in (TEACHER_SCRIPT, COSEC_SCRIPT)}
 
 
 def argv(flags: dict) -> list[str]:
@@ -128,17 +121,6 @@ def cosec_flags(tmp: Path, workspace: Path) -> dict:
             "--report_to": "none"}
 
 
-@pytest.mark.parametrize("case", list(COSEC_CASES))
-def test_cosec_lcd_bad_input(case, tmp_path, workspace, cosec_script):
-    changes, error, texts = COSEC_CASES[case]
-    changes = changes(tmp_path, workspace) if callable(changes) else changes
-    output_existed = (tmp_path / "out").exists()
-    with pytest.raises(error) as raised:
-        cosec_script.main(argv({**cosec_flags(tmp_path, workspace), **changes}))
-    assert all(text in str(raised.value) for text in texts), str(raised.value)
-    assert (tmp_path / "out").exists() == output_existed and (tmp_path / "out").is_file() == output_existed
-
-
 def _missing_config(tmp, ws):
     return {"--model_config": tmp / "sizes.json"}
 
@@ -193,38 +175,47 @@ def teacher_flags(tmp: Path, workspace: Path) -> dict:
             "--report_to": "none"}
 
 
-@pytest.mark.parametrize("case", list(TEACHER_CASES))
-def test_train_teacher_bad_input(case, tmp_path, workspace, teacher_script):
-    changes, error, texts = TEACHER_CASES[case]
+SCRIPTS = {"train_cosec_lcd.py": (cosec_flags, COSEC_CASES), "train_teacher.py": (teacher_flags, TEACHER_CASES)}
+SCRIPT_CASES = [(name, case) for name, (_, cases) in SCRIPTS.items() for case in cases]
+
+
+@pytest.mark.parametrize("script_name, case", SCRIPT_CASES)
+def test_training_script_bad_input(script_name, case, tmp_path, workspace, scripts):
+    flags, cases = SCRIPTS[script_name]
+    changes, error, texts = cases[case]
     changes = changes(tmp_path, workspace) if callable(changes) else changes
+    flags = {**flags(tmp_path, workspace), **changes}
+    output_existed = Path(flags["--output_dir"]).exists()
     with pytest.raises(error) as raised:
-        teacher_script.main(argv({**teacher_flags(tmp_path, workspace), **changes}))
+        scripts[script_name].main(argv(flags))
     assert all(text in str(raised.value) for text in texts), str(raised.value)
-    assert not (tmp_path / "out").exists() and not (tmp_path / "notes.txt" / "out").exists()
+    output = Path(flags["--output_dir"])
+    assert output.exists() == output_existed and not (output / "logs").exists()  # nothing created in it
 
 
-@pytest.mark.parametrize("script, flags", [(TEACHER_SCRIPT, teacher_flags), (COSEC_SCRIPT, cosec_flags)])
-def test_scripts_report_argument_errors_without_traceback(script, flags, tmp_path, workspace, capsys):
+@pytest.mark.parametrize("script_name", list(SCRIPTS))
+def test_scripts_report_argument_errors_without_traceback(script_name, tmp_path, workspace, scripts, capsys):
     """Through argparse (SystemExit 2) and through ``python script.py`` (one line, exit status 1)."""
-    module = load_example(script)
+    flags = SCRIPTS[script_name][0](tmp_path, workspace)
     with pytest.raises(SystemExit) as raised:
-        module.main(argv({**flags(tmp_path, workspace), "--train_batch_size": "two"}))
+        scripts[script_name].main(argv({**flags, "--train_batch_size": "two"}))
     assert raised.value.code == 2 and "--train_batch_size" in capsys.readouterr().err
     environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, str(script), *argv({**flags(tmp_path, workspace), "--train_data_dir": tmp_path / "no"})]
+    flags["--train_data_dir"] = tmp_path / "no"
+    command = [sys.executable, str(REPO / "examples" / script_name), *argv(flags)]
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=environment, timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: --train_data_dir")
     assert not (tmp_path / "out").exists()
 
 
-def test_resume_refuses_a_pickled_payload(tmp_path, workspace, teacher_script):
+def test_resume_refuses_a_pickled_payload(tmp_path, workspace, scripts):
     """accelerate reads the optimiser state with weights_only=True; a payload in it is refused, naming the flag."""
     flags = {**teacher_flags(tmp_path, workspace), "--checkpointing_steps": 1}
-    teacher_script.main(argv(flags))
+    scripts["train_teacher.py"].main(argv(flags))
     checkpoint = tmp_path / "out" / "checkpoint-1"
     marker = tmp_path / "code-ran"
     torch.save({"state": Payload(marker)}, checkpoint / "optimizer.bin")
     with pytest.raises(ValueError, match=r"--resume_from_checkpoint .*checkpoint-1: .*weights_only") as raised:
-        teacher_script.main(argv({**flags, "--max_train_steps": 2, "--resume_from_checkpoint": "latest"}))
+        scripts["train_teacher.py"].main(argv({**flags, "--max_train_steps": 2, "--resume_from_checkpoint": "latest"}))
     assert raised.value.__cause__ is not None and not marker.exists()
