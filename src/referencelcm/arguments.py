@@ -44,9 +44,9 @@ def resolve_device(flag: str, name: str | None) -> torch.device:
         available = backend is not None and hasattr(backend, "is_available") and backend.is_available()
         count = backend.device_count() if available and hasattr(backend, "device_count") else 0
     if not available:
-        build = f"torch {torch.__version__}" + (" (built without CUDA)" if device.type == "cuda" and torch.version.cuda
-                                                 is None else "")
-        raise ValueError(f"{flag} {name}: no {device.type} device is available to {build}; use {flag} cpu.")
+        without_cuda = " (built without CUDA)" if device.type == "cuda" and torch.version.cuda is None else ""
+        raise ValueError(f"{flag} {name}: no {device.type} device is available to torch {torch.__version__}"
+                         f"{without_cuda}; use {flag} cpu.")
     if device.index is not None and device.index >= count:
         raise ValueError(f"{flag} {name}: there are only {count} {device.type} device(s) here (numbered from 0).")
     return device

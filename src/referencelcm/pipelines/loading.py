@@ -154,11 +154,11 @@ def load_pipeline(model: str | os.PathLike, argument: str, **kwargs: Any):
 
     check_pipeline_argument(model, argument, kwargs)
     path = os.fspath(model)
-    if os.path.isdir(path):
-        return ReferenceLCMPipeline.from_pretrained(path, **kwargs)
     try:
         return ReferenceLCMPipeline.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as error:
+        if os.path.isdir(path):  # checked above: whatever fails now is a real failure, not a bad argument
+            raise
         raise FileNotFoundError(
             f"{argument} {path}: not a local folder, nor a Hub repo id that could be downloaded ({error})"
         ) from error
