@@ -26,22 +26,23 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers import UNetMotionModel
-from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from referencelcm import ReferenceLCMPipeline
+from referencelcm.arguments import check_output_folder
 from referencelcm.models.injection import install_guidance_injection
 from referencelcm.models.motion import set_motion_norm_mode
 from referencelcm.models.reference_attention import install_reference_attention
+from referencelcm.pipelines.loading import check_pipeline_argument, load_pipeline
 from referencelcm.training.checkpointing import (
     ModuleCheckpointHooks,
     check_finite_loss,
     resolve_resume_checkpoint,
+    resume,
     save_checkpoint,
     step_generator,
 )
 from referencelcm.training.consistency import DDIMSolver
-from referencelcm.training.data import MultiSourceBatchSampler, ReferenceVideoDataset, collate_reference_batch
 from referencelcm.training.distill import ConsistencyDistillationStep, DistillationConfig, DistillationModels
 from referencelcm.training.ema import ema_update
 from referencelcm.training.export import (
@@ -49,11 +50,18 @@ from referencelcm.training.export import (
     LORA_WEIGHT_NAME,
     lora_state_dict,
     merge_lora,
+    portable_name,
     push_folder_to_hub,
     run_validation,
     save_student_pipeline,
     student_pipeline,
     validation_samples,
+)
+from referencelcm.training.script_support import (
+    build_lr_scheduler,
+    check_data_root,
+    check_numbers,
+    training_dataloader,
 )
 from referencelcm.training.tracking import trackers
 from referencelcm.training.unets import motion_unet_with_spatial_weights, spatial_unet_from_motion
@@ -128,12 +136,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def check_arguments(args) -> None:
+    """Every number and path, before anything is loaded or written to ``--output_dir``."""
+    check_numbers(args, at_least_one=("resolution", "num_frames", "frame_stride", "num_equivalent_references",
+                                      "num_ddim_timesteps", "train_batch_size", "gradient_accumulation_steps",
+                                      "max_train_steps", "checkpointing_steps", "checkpoints_total_limit",
+                                      "validation_steps", "num_validation_videos", "validation_num_frames",
+                                      "lora_rank", "lora_alpha"),
+                  non_negative=("learning_rate", "lr_warmup_steps", "dataloader_num_workers", "huber_c",
+                                "max_grad_norm"))
+    if not 0 <= args.ema_decay <= 1:
+        raise ValueError(f"--ema_decay must be in [0, 1], got {args.ema_decay}.")
+    check_output_folder("--output_dir", args.output_dir)
+    check_pipeline_argument(args.pretrained_teacher_model, "--pretrained_teacher_model")
+    if args.pretrained_student_model is not None:
+        check_pipeline_argument(args.pretrained_student_model, "--pretrained_student_model")
+    check_data_root("--train_data_dir", args.train_data_dir)
+    resolve_resume_checkpoint(args.output_dir, args.resume_from_checkpoint)
+
+
 def build_unets(args, teacher: ReferenceLCMPipeline) -> tuple[torch.nn.Module, torch.nn.Module]:
     """``(teacher D-UNet, student D-UNet)`` for the phase, both with reference processors and guidance injection."""
     teacher_unet = teacher.denoising_unet
     student_source = None
     if args.pretrained_student_model is not None:
-        student_source = ReferenceLCMPipeline.from_pretrained(args.pretrained_student_model).denoising_unet
+        student_source = load_pipeline(args.pretrained_student_model, "--pretrained_student_model").denoising_unet
     if args.phase == "spatial":
         if isinstance(teacher_unet, UNetMotionModel):
             teacher_unet = spatial_unet_from_motion(teacher_unet)
@@ -160,32 +187,20 @@ def add_lora(args, student: torch.nn.Module) -> None:
                                    target_modules=list(LORA_TARGET_MODULES)))
 
 
-def make_dataloader(args, teacher: ReferenceLCMPipeline):
-    """``(dataset, batch sampler, dataloader)``: k intra-source references per item, several videos per batch."""
-    dataset = ReferenceVideoDataset(
-        args.train_data_dir, args.resolution, num_frames=args.num_frames, frame_stride=args.frame_stride,
-        num_references=args.num_equivalent_references, guidance_types=teacher.guidance_types,
-        clip_image_processor=teacher.feature_extractor, seed=args.seed,
-    )
-    sampler = MultiSourceBatchSampler(dataset, args.train_batch_size, seed=args.seed, drop_last=True)
-    dataloader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_reference_batch,
-                                             num_workers=args.dataloader_num_workers)
-    return dataset, sampler, dataloader
-
-
 def make_optimizer(args, parameters: list[torch.nn.Parameter], num_processes: int):
-    """AdamW and the LR schedule (accelerate steps a prepared scheduler once per process, hence the factor)."""
+    """AdamW and the LR schedule (counted as accelerate steps it: :func:`build_lr_scheduler`)."""
     optimizer = torch.optim.AdamW(parameters, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                   weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
-    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * num_processes,
-                                 num_training_steps=args.max_train_steps * num_processes)
-    return optimizer, lr_scheduler
+    schedule = build_lr_scheduler(args.lr_scheduler, optimizer, args.lr_warmup_steps, args.max_train_steps,
+                                  num_processes)
+    return optimizer, schedule
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    check_arguments(args)
 
-    # 1. Accelerator, logging, seed
+    # 1. Accelerator, logging, seed (nothing is written to --output_dir before step 6)
     logging_dir = os.path.join(args.output_dir, args.logging_dir)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -195,12 +210,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed)
-    if accelerator.is_main_process:
-        os.makedirs(args.output_dir, exist_ok=True)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
 
     # 2. Teacher pipeline (frozen), teacher / student / EMA-target D-UNets
-    teacher = ReferenceLCMPipeline.from_pretrained(args.pretrained_teacher_model)
+    teacher = load_pipeline(args.pretrained_teacher_model, "--pretrained_teacher_model")
     teacher_unet, student = build_unets(args, teacher)
     if args.use_lora:
         add_lora(args, student)
@@ -214,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         student.enable_gradient_checkpointing()
 
     # 3. Data: RAS references per item, multi-source batches, order a pure function of (seed, epoch)
-    dataset, sampler, dataloader = make_dataloader(args, teacher)
+    dataset, sampler, dataloader = training_dataloader(args, teacher, args.num_equivalent_references)
 
     # 4. Optimiser, LR schedule, accelerate; the EMA target is saved with every checkpoint
     parameters = [parameter for parameter in student.parameters() if parameter.requires_grad]
@@ -235,14 +248,12 @@ def main(argv: list[str] | None = None) -> None:
                                 teacher_unet, target, student)
     distill = ConsistencyDistillationStep(models, solver, teacher.scheduler.config.prediction_type, config)
 
-    # 6. Resume
-    global_step = 0
-    resume = resolve_resume_checkpoint(args.output_dir, args.resume_from_checkpoint)
-    if resume is not None:
-        accelerator.load_state(str(resume[0]))
-        global_step = resume[1]
-        logger.info(f"Resumed from {resume[0]} at step {global_step}.")
+    # 6. Resume, output folder, trackers
+    global_step = resume(accelerator, args.output_dir, args.resume_from_checkpoint)
+    if global_step:
+        logger.info(f"Resumed from {args.resume_from_checkpoint} at step {global_step}.")
     if accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
         accelerator.init_trackers("cosec-lcd", config={k: v for k, v in vars(args).items()
                                                        if isinstance(v, (int, float, str, bool))})
     validation = []
@@ -296,7 +307,7 @@ def save_output(args, student: torch.nn.Module) -> None:
     """A complete student pipeline from fresh (fp32) teacher components; with LoRA also the adapter weights."""
     from safetensors.torch import save_file
 
-    teacher = ReferenceLCMPipeline.from_pretrained(args.pretrained_teacher_model)
+    teacher = load_pipeline(args.pretrained_teacher_model, "--pretrained_teacher_model")
     extra_files = {}
     if args.use_lora:
         lora_path = os.path.join(args.output_dir, f".{LORA_WEIGHT_NAME}")
@@ -304,8 +315,9 @@ def save_output(args, student: torch.nn.Module) -> None:
         extra_files[LORA_WEIGHT_NAME] = lora_path
         student = merge_lora(student)
     pipe = student_pipeline(teacher, student.float(), args.num_ddim_timesteps, args.timestep_scaling_factor)
-    description = (f"CoSeC-LCD {args.phase} student of `{args.pretrained_teacher_model}`: {args.max_train_steps} "
-                   f"steps, ω={args.guidance_scale}, k={args.num_equivalent_references}.\n\n```python\n"
+    teacher_name = portable_name(args.pretrained_teacher_model)
+    description = (f"CoSeC-LCD {args.phase} student of `{teacher_name}`: {args.max_train_steps} steps,"
+                   f" ω={args.guidance_scale}, k={args.num_equivalent_references}.\n\n```python\n"
                    "from referencelcm import ReferenceLCMPipeline\n"
                    "pipe = ReferenceLCMPipeline.from_pretrained(PATH)\n"
                    "video = pipe(reference_image, guidance, num_inference_steps=4, guidance_scale=1.0).frames[0]\n```")

@@ -36,23 +36,38 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel, UNetMotionModel
-from diffusers.optimization import get_scheduler
 from einops import rearrange
 from PIL import Image
 from tqdm.auto import tqdm
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from referencelcm import MultiGuidanceEncoder, ReferenceLCMPipeline
+from referencelcm.arguments import check_output_folder
 from referencelcm.data.layout import MASK_FOLDER, list_videos
 from referencelcm.pipelines import factory
+from referencelcm.pipelines.loading import check_pipeline_argument, load_pipeline
 from referencelcm.training.checkpointing import (
     check_finite_loss,
     resolve_resume_checkpoint,
+    resume,
     save_checkpoint,
     step_generator,
 )
-from referencelcm.training.data import MultiSourceBatchSampler, ReferenceVideoDataset, collate_reference_batch
-from referencelcm.training.export import push_folder_to_hub, run_validation, save_student_pipeline, validation_samples
+from referencelcm.training.data import ReferenceVideoDataset
+from referencelcm.training.export import (
+    portable_name,
+    push_folder_to_hub,
+    run_validation,
+    save_student_pipeline,
+    validation_samples,
+)
+from referencelcm.training.script_support import (
+    build_lr_scheduler,
+    check_data_root,
+    check_model_folder,
+    check_numbers,
+    training_dataloader,
+)
 from referencelcm.training.teacher import (
     ReferenceNet,
     TeacherConfig,
@@ -154,6 +169,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def check_arguments(args) -> None:
+    """Every number and path, before anything is loaded or written to ``--output_dir``."""
+    check_numbers(args, at_least_one=("resolution", "num_frames", "frame_stride", "train_batch_size",
+                                      "gradient_accumulation_steps", "max_train_steps", "checkpointing_steps",
+                                      "checkpoints_total_limit", "validation_steps", "num_validation_videos",
+                                      "validation_num_frames", "validation_inference_steps"),
+                  non_negative=("learning_rate", "lr_warmup_steps", "dataloader_num_workers", "snr_gamma",
+                                "kl_weight", "max_grad_norm"))
+    if not 0 <= args.uncond_ratio <= 1:
+        raise ValueError(f"--uncond_ratio must be in [0, 1], got {args.uncond_ratio}.")
+    check_output_folder("--output_dir", args.output_dir)
+    if args.pretrained_model is not None:
+        check_pipeline_argument(args.pretrained_model, "--pretrained_model")
+    for flag, path, subfolder in (("--pretrained_unet_path", args.pretrained_unet_path, "unet"),
+                                  ("--pretrained_vae_path", args.pretrained_vae_path, "vae"),
+                                  ("--image_encoder_path", args.image_encoder_path, "image_encoder"),
+                                  ("--motion_adapter_path", args.motion_adapter_path, None)):
+        if path is not None:
+            check_model_folder(flag, path, subfolder)
+    if args.model_config is not None:
+        load_model_config(args.model_config)
+    check_data_root("--train_data_dir", args.train_data_dir)
+    resolve_resume_checkpoint(args.output_dir, args.resume_from_checkpoint)
+
+
 # -- starting point ----------------------------------------------------------------------------------------------------
 
 
@@ -181,13 +221,8 @@ def load_model_config(path: str | os.PathLike) -> dict:
 
 
 def load_component(cls, path: str, subfolder: str, argument: str):
-    """``cls`` from ``path`` itself or from ``path/subfolder`` (an SD1.5-style model folder)."""
-    folder = Path(path)
-    if (folder / subfolder / "config.json").is_file():
-        return cls.from_pretrained(folder / subfolder)
-    if (folder / "config.json").is_file():
-        return cls.from_pretrained(folder)
-    raise FileNotFoundError(f"`{argument}` {path!r} holds no config.json, neither itself nor in {subfolder}/.")
+    """``cls`` from ``path/subfolder`` (an SD1.5-style model folder) or from ``path`` itself."""
+    return cls.from_pretrained(check_model_folder(argument, path, subfolder))
 
 
 def matching_guidance_encoder(guidance_types, denoising_unet, vae) -> MultiGuidanceEncoder:
@@ -205,7 +240,7 @@ def build_pipeline(args) -> ReferenceLCMPipeline:
     """The starting teacher: ``--pretrained_model``, or new components sized by ``--model_config``; SD1.5-style
     folders then replace UNets, VAE and image encoder. The scheduler becomes DDIM on the saved (or Champ's) schedule."""
     if args.pretrained_model is not None:
-        pipe = ReferenceLCMPipeline.from_pretrained(args.pretrained_model)
+        pipe = load_pipeline(args.pretrained_model, "--pretrained_model")
         components, motion_norm_mode = dict(pipe.components), pipe.config.motion_norm_mode
         unused = [key for key in (load_model_config(args.model_config) if args.model_config else {})
                   if not key.startswith("motion_")]
@@ -284,7 +319,7 @@ def inflate(pipe: ReferenceLCMPipeline, args) -> ReferenceLCMPipeline:
         return pipe  # continue training its motion modules
     spatial = spatial_unet_from_motion(unet) if isinstance(unet, UNetMotionModel) else unet
     if args.motion_adapter_path is not None:
-        adapter = MotionAdapter.from_pretrained(args.motion_adapter_path)
+        adapter = MotionAdapter.from_pretrained(check_model_folder("--motion_adapter_path", args.motion_adapter_path))
     else:
         sizes = load_model_config(args.model_config) if args.model_config else {}
         adapter = factory.build_motion_adapter(spatial, **{key: value for key, value in sizes.items()
@@ -365,9 +400,9 @@ def save_reconstructions(vae, samples: list[dict], output_dir: str, step: int) -
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    check_arguments(args)
 
-    # 1. Accelerator, logging, seed
-    os.makedirs(args.output_dir, exist_ok=True)
+    # 1. Accelerator, logging, seed (nothing is written to --output_dir before step 6)
     logging_dir = os.path.join(args.output_dir, args.logging_dir)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -387,21 +422,13 @@ def main(argv: list[str] | None = None) -> None:
     parameters = [parameter for parameter in network.parameters() if parameter.requires_grad]
 
     # 3. Data: single frames (vae, image) or clips (video), order a pure function of (seed, epoch)
-    dataset = ReferenceVideoDataset(
-        args.train_data_dir, args.resolution, num_frames=args.num_frames, frame_stride=args.frame_stride,
-        num_references=1, guidance_types=stage_maps(args, pipe), clip_image_processor=pipe.feature_extractor,
-        seed=args.seed,
-    )
-    sampler = MultiSourceBatchSampler(dataset, args.train_batch_size, seed=args.seed, drop_last=True)
-    dataloader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_reference_batch,
-                                             num_workers=args.dataloader_num_workers)
-    if len(dataloader) == 0:
-        raise ValueError(f"`--train_batch_size` {args.train_batch_size} exceeds the {len(dataset)} training items.")
+    dataset, sampler, dataloader = training_dataloader(args, pipe, num_references=1,
+                                                       guidance_types=stage_maps(args, pipe))
 
     # 4. Optimiser, LR schedule, accelerate
     optimizer = torch.optim.AdamW(parameters, lr=args.learning_rate, weight_decay=args.adam_weight_decay)
-    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps,
-                                 num_training_steps=args.max_train_steps)
+    lr_scheduler = build_lr_scheduler(args.lr_scheduler, optimizer, args.lr_warmup_steps, args.max_train_steps,
+                                      accelerator.num_processes)
     network, optimizer, lr_scheduler, dataloader = accelerator.prepare(network, optimizer, lr_scheduler, dataloader)
 
     # 5. The step: VAE reconstruction, or the teacher's min-SNR v-prediction loss
@@ -414,14 +441,12 @@ def main(argv: list[str] | None = None) -> None:
                                pipe.guidance_encoder)
         compute_loss = TeacherTrainingStep(models, pipe.scheduler, config, network).step
 
-    # 6. Resume, trackers, validation samples
-    global_step = 0
-    resume = resolve_resume_checkpoint(args.output_dir, args.resume_from_checkpoint)
-    if resume is not None:
-        accelerator.load_state(str(resume[0]))
-        global_step = resume[1]
-        logger.info(f"Resumed from {resume[0]} at step {global_step}.")
+    # 6. Resume, output folder, trackers, validation samples
+    global_step = resume(accelerator, args.output_dir, args.resume_from_checkpoint)
+    if global_step:
+        logger.info(f"Resumed from {args.resume_from_checkpoint} at step {global_step}.")
     if accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
         accelerator.init_trackers(f"referencelcm-teacher-{args.stage}", config={
             key: value for key, value in vars(args).items() if isinstance(value, (int, float, str, bool))})
     validation = []
@@ -501,7 +526,7 @@ def save_output(
         adapter_dir = Path(args.output_dir) / ".motion_adapter"
         pipe.denoising_unet.save_motion_modules(str(adapter_dir))
         extra_files["motion_adapter"] = adapter_dir
-    start = args.pretrained_model or args.model_config or "new components"
+    start = portable_name(args.pretrained_model or args.model_config) or "new components"
     description = (
         f"ReferenceNet teacher, stage `{args.stage}` of examples/train_teacher.py: {args.max_train_steps} steps on "
         f"`{Path(args.train_data_dir).name}` at {args.resolution} px, started from `{start}`. Sample with DDIM "

@@ -14,6 +14,13 @@ GUIDANCE_TYPES = ("depth", "dwpose")
 IMAGE_SIZE = 32
 CROSS_ATTENTION_DIM = 16
 
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line(
+        "markers", "packaging: builds and installs the wheel (about a minute); part of the default run, and of CI"
+    )
+
+
 def build_components(
     motion: bool = True,
     guidance_types: tuple[str, ...] = GUIDANCE_TYPES,

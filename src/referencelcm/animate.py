@@ -1,15 +1,19 @@
 """``referencelcm animate``: animate a reference image along a Champ-layout guidance folder, write an mp4.
 
-Also the engine of ``examples/inference.py``. With no ``--model`` it uses the bundled default model when the
-checkout has one (``models/student``), else a freshly initialised tiny pipeline (random weights: the video shows the
-plumbing works, not a trained character). With no ``--reference`` / ``--guidance`` it animates the bundled demo
-(``assets/demo``), or renders a SynthDance test video to animate.
+Also the engine of ``examples/inference.py``. With no ``--model`` it uses the bundled default model: the installed
+package's copy (``referencelcm/bundled/student``, put there by ``pip install .``) or the checkout's ``models/student``;
+with neither, a freshly initialised tiny pipeline (random weights: the video shows the plumbing works, not a trained
+character). With no ``--reference`` / ``--guidance`` it animates the bundled demo (``bundled/demo`` or
+``assets/demo``), or renders a SynthDance test video to animate. Every argument is checked before the model loads, and
+nothing is written unless the video is.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -19,19 +23,31 @@ import torch
 from diffusers import LCMScheduler
 from diffusers.utils import export_to_video
 
-from .data.layout import IMAGE_FOLDER, list_frames, read_guidance_folder
+from .arguments import (
+    check_at_least,
+    check_finite,
+    check_output_file,
+    missing_parents,
+    naming,
+    read_image,
+    resolve_device,
+)
+from .data.layout import IMAGE_FOLDER, list_frames, read_guidance_frames, validate_video_dir
 
+PACKAGE_DATA = Path(__file__).resolve().parent / "bundled"  # filled from the source tree when a wheel is built
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
-BUNDLED_MODEL = REPOSITORY_ROOT / "models" / "student"
-BUNDLED_DEMO = REPOSITORY_ROOT / "assets" / "demo"
+BUNDLED_MODELS = (PACKAGE_DATA / "student", REPOSITORY_ROOT / "models" / "student")
+BUNDLED_DEMOS = (PACKAGE_DATA / "demo", REPOSITORY_ROOT / "assets" / "demo")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi")  # containers ffmpeg writes with the H.264 codec export_to_video uses
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="pipeline folder or Hub repo id (default: the bundled model, else a tiny random one)")
     parser.add_argument("--reference", help="reference image (default: first frame of the demo video)")
     parser.add_argument("--guidance", help="one video in Champ's layout: depth/ normal/ semantic_map/ dwpose/ [mask/]")
-    parser.add_argument("--output", default="outputs/demo.mp4", help="mp4 to write (default: %(default)s)")
+    parser.add_argument("--output", default="outputs/demo.mp4",
+                        help=f"video to write, one of {', '.join(VIDEO_SUFFIXES)} (default: %(default)s)")
     parser.add_argument("--steps", type=int, help="denoising steps (default: 4 for an LCM, 20 for a teacher)")
     parser.add_argument("--timesteps", type=int, nargs="+",
                         help="custom LCM timesteps, strictly decreasing, instead of --steps (e.g. 999 499 299 139)")
@@ -39,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, help="output height (default: the guidance frames')")
     parser.add_argument("--width", type=int, help="output width (default: the guidance frames')")
     parser.add_argument("--frames", default=None, help="frame range START:END[:STEP] of the guidance (default: all)")
-    parser.add_argument("--fps", type=int, default=12)
+    parser.add_argument("--fps", type=int, default=12, help="frames per second of the video (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
@@ -48,57 +64,82 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_frame_range(text: str | None) -> slice | None:
-    """``"START:END[:STEP]"`` → ``slice``; empty fields keep their defaults (``":48"``)."""
+    """``"START:END[:STEP]"`` → ``slice``; empty fields keep their defaults (``":48"``); STEP must be >= 1."""
     if text is None:
         return None
     parts = text.split(":")
     if not 2 <= len(parts) <= 3:
         raise ValueError(f"`--frames` must look like START:END or START:END:STEP, got {text!r}.")
     try:
-        return slice(*(int(part) if part else None for part in parts))
+        frame_range = slice(*(int(part) if part else None for part in parts))
     except ValueError:
         raise ValueError(f"`--frames` must hold integers, got {text!r}.") from None
+    if frame_range.step is not None and frame_range.step < 1:
+        raise ValueError(f"`--frames` {text}: STEP must be >= 1, got {frame_range.step}.")
+    return frame_range
 
 
-def load_pipeline(model: str | None, device: str, dtype: torch.dtype):
+def bundled(locations: tuple[Path, ...], marker: str) -> Path | None:
+    """The first of ``locations`` holding ``marker`` (a file or folder), or ``None``."""
+    return next((path for path in locations if (path / marker).exists()), None)
+
+
+def load_pipeline(model: str | None, device: torch.device, dtype: torch.dtype):
     """The pipeline at ``model``; else the bundled model; else a tiny random pipeline (with a notice)."""
     from .pipelines import ReferenceLCMPipeline
+    from .pipelines.loading import load_pipeline as load_pipeline_folder
 
-    if model is None and (BUNDLED_MODEL / "model_index.json").is_file():
-        model = str(BUNDLED_MODEL)
+    if model is None:
+        model = bundled(BUNDLED_MODELS, "model_index.json")
+        if model is not None:
+            print(f"referencelcm: using the bundled model {model}")
     if model is None:
         from .pipelines.factory import build_components
 
-        print("referencelcm: no bundled model in this checkout yet; using a freshly initialised tiny pipeline "
-              "(random weights: the output shows the pipeline runs, not a trained animation).")
+        print("referencelcm: no bundled model found (looked in "
+              f"{', '.join(str(path) for path in BUNDLED_MODELS)}); using a freshly initialised tiny pipeline (random "
+              "weights: the output shows the pipeline runs, not a trained animation). Install from a source tree that "
+              "has models/student (`pip install .`), or pass --model DIR.")
         pipe = ReferenceLCMPipeline(**build_components(image_size=64))
+        if dtype != torch.float32:
+            pipe = pipe.to(dtype=dtype)
     else:
-        pipe = ReferenceLCMPipeline.from_pretrained(model, dtype=dtype)
-    return pipe.to(device=device, dtype=dtype)
+        pipe = load_pipeline_folder(model, "--model", dtype=dtype)
+    return pipe.to(device)
 
 
 def default_demo_video() -> Path:
     """The bundled demo video folder, or a SynthDance test video rendered into a temporary folder."""
-    if (BUNDLED_DEMO / IMAGE_FOLDER).is_dir():
-        return BUNDLED_DEMO
+    demo = bundled(BUNDLED_DEMOS, IMAGE_FOLDER)
+    if demo is not None:
+        return demo
     from .data.synthdance import generate_dataset
 
-    root = generate_dataset(
-        Path(tempfile.mkdtemp(prefix="referencelcm-demo-")), num_videos=1, num_frames=16, resolution=64, seed=0,
-        split="test", progress=False,
-    )
+    temporary = tempfile.mkdtemp(prefix="referencelcm-demo-")
+    atexit.register(shutil.rmtree, temporary, ignore_errors=True)  # read into memory before use; not left behind
+    root = generate_dataset(temporary, num_videos=1, num_frames=16, resolution=64, seed=0, split="test", progress=False)
     return next(path for path in sorted(Path(root).iterdir()) if path.is_dir())
 
 
 def write_video(frames: list[np.ndarray] | list[PIL.Image.Image], path: str | os.PathLike, fps: int) -> Path:
-    """Write an mp4 atomically (temporary file in the same folder, then rename); returns the path."""
+    """Write a video atomically (temporary file in the same folder, then rename); returns the path.
+
+    On failure nothing is left: neither the temporary file nor the folders created for it. Errors name the file the
+    caller asked for, never the temporary one.
+    """
     path = Path(path)
+    created = missing_parents(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(suffix=path.suffix or ".mp4", dir=path.parent, prefix=".tmp-")
     os.close(handle)
     try:
         export_to_video(frames, temporary, fps=fps)
         os.replace(temporary, path)
+    except (OSError, ValueError, RuntimeError) as error:  # imageio / ffmpeg report a failed write with all three
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        detail = str(error).replace(temporary, str(path))  # name the user's file, not the temporary one
+        raise ValueError(f"--output {path}: could not write the video ({detail}).") from error
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
@@ -116,35 +157,73 @@ def side_by_side(reference: PIL.Image.Image, guidance: dict[str, list[PIL.Image.
     return rows
 
 
-def run(args: argparse.Namespace) -> int:
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    frame_range = parse_frame_range(args.frames)
-    pipe = load_pipeline(args.model, device, DTYPES[args.dtype])
+def check_arguments(args: argparse.Namespace) -> slice | None:
+    """Every check that needs no model, before anything is loaded or written; returns the parsed ``--frames``."""
+    for flag, value in (("--steps", args.steps), ("--height", args.height), ("--width", args.width),
+                        ("--fps", args.fps)):
+        check_at_least(flag, value, 1)
+    check_finite("--guidance-scale", args.guidance_scale)
+    if args.timesteps is not None and args.steps is not None:
+        raise ValueError("pass either `--steps` or `--timesteps`, not both.")
+    decreasing = args.timesteps is None or sorted(set(args.timesteps), reverse=True) == args.timesteps
+    if not decreasing or min(args.timesteps or [0]) < 0:
+        raise ValueError(f"--timesteps must be strictly decreasing integers >= 0 (e.g. 999 499 299 139), got "
+                         f"{' '.join(map(str, args.timesteps))}.")
+    check_output_file("--output", args.output, VIDEO_SUFFIXES)
+    for flag, path in (("--guidance", args.guidance), ("--reference", args.reference)):
+        if path is not None and not os.path.exists(path):
+            raise FileNotFoundError(f"{flag} {path}: no such file or folder.")
+    return parse_frame_range(args.frames)
 
+
+def read_guidance(
+    guidance_dir: str, guidance_types: tuple[str, ...], frame_range: slice | None, frames_text: str | None
+) -> dict[str, list[PIL.Image.Image]]:
+    """``--guidance``'s maps ``{type: [PIL RGB] * F}`` for ``--frames``; errors name the flag."""
+    with naming("--guidance", guidance_dir):
+        video = validate_video_dir(guidance_dir, guidance_types, require_images=False)
+    frames = list(range(video.num_frames))[frame_range or slice(None)]
+    if not frames:
+        raise ValueError(f"--frames {frames_text} selects none of the {video.num_frames} frames of {guidance_dir}.")
+    with naming("--guidance", guidance_dir):
+        arrays = read_guidance_frames(video, guidance_types, frames)
+    return {name: [PIL.Image.fromarray(frame) for frame in stack] for name, stack in arrays.items()}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Animate and write ``--output`` (and its grid); bad arguments raise ``ValueError`` / ``FileNotFoundError``."""
+    # 1. arguments, then the model, then what depends on both: nothing is written before the video is ready
+    frame_range = check_arguments(args)
+    device = resolve_device("--device", args.device)
+    pipe = load_pipeline(args.model, device, DTYPES[args.dtype])
+    for flag, value in (("--height", args.height), ("--width", args.width)):
+        if value is not None and value % pipe.spatial_multiple:
+            raise ValueError(f"{flag} must be a multiple of {pipe.spatial_multiple} for this model, got {value}.")
+
+    # 2. guidance and reference
     if args.guidance is None:
         args.guidance = str(default_demo_video())
         print(f"referencelcm: animating the demo video {args.guidance}")
-    guidance = read_guidance_folder(args.guidance, pipe.guidance_types, frame_range)
+    guidance = read_guidance(args.guidance, pipe.guidance_types, frame_range, args.frames)
     if args.reference is None:
         image_dir = Path(args.guidance) / IMAGE_FOLDER
         if not image_dir.is_dir():
             raise ValueError(f"`--reference` is required: {str(args.guidance)!r} has no {IMAGE_FOLDER}/ folder to take it from.")
         args.reference = str(image_dir / list_frames(args.guidance)[0])
-    if not os.path.isfile(args.reference):
-        raise FileNotFoundError(f"`--reference` {args.reference!r} is not a file.")
-    with PIL.Image.open(args.reference) as image:
-        reference = image.convert("RGB")
+    reference = read_image("--reference", args.reference)
 
+    # 3. animate
     is_student = isinstance(pipe.scheduler, LCMScheduler)
-    if args.timesteps is not None and args.steps is not None:
-        raise ValueError("pass either `--steps` or `--timesteps`, not both.")
-    steps = len(args.timesteps) if args.timesteps else args.steps or (4 if is_student else 20)
+    default_steps = 4 if is_student else 20
+    steps = len(args.timesteps) if args.timesteps else (default_steps if args.steps is None else args.steps)
     guidance_scale = args.guidance_scale if args.guidance_scale is not None else (1.0 if is_student else 3.5)
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
     video = pipe(
         reference, guidance, num_inference_steps=steps, timesteps=args.timesteps, guidance_scale=guidance_scale,
         height=args.height, width=args.width, generator=generator, output_type="np",
     ).frames[0]
+
+    # 4. write
     path = write_video(list(video), args.output, args.fps)
     schedule = f"timesteps {args.timesteps}" if args.timesteps else f"{steps} steps"
     print(f"referencelcm: wrote {len(video)} frames ({schedule}, guidance scale {guidance_scale}) to {path}")

@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from .state_dicts import load_state_dict_file
+
 __all__ = [
     "FrechetDistance",
     "LearnedPerceptualDistance",
@@ -633,17 +635,6 @@ def _require_local_file(name: str, path: str | Path | None, purpose: str) -> Pat
     return path
 
 
-def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state_dict, dict):
-        raise ValueError(f"'{path}' must hold a state dict (name → tensor); found {type(state_dict).__name__}.")
-    return state_dict
-
-
 def load_feature_network(path: str | Path | None, module: torch.nn.Module | None = None) -> torch.nn.Module:
     """Load a feature network for FID/FVD from a local file; never downloads.
 
@@ -658,7 +649,7 @@ def load_feature_network(path: str | Path | None, module: torch.nn.Module | None
     """
     path = _require_local_file("feature_network_path", path, "FID/FVD")
     if module is not None:
-        module.load_state_dict(_load_state_dict(path))
+        module.load_state_dict(load_state_dict_file(path, "`feature_network_path`"))
         network = module
     elif path.suffix == ".pt2":
         network = torch.export.load(str(path)).module()
@@ -758,6 +749,7 @@ class LearnedPerceptualDistance:
     ):
         linear_weights_path = _require_local_file("linear_weights_path", linear_weights_path, "LPIPS")
         backbone_weights_path = _require_local_file("backbone_weights_path", backbone_weights_path, "LPIPS")
+        load_state_dict_file(linear_weights_path, "`linear_weights_path`")  # refuse pickled code before lpips reads it
         try:
             import lpips
         except ImportError as error:
@@ -768,7 +760,8 @@ class LearnedPerceptualDistance:
         self.model = lpips.LPIPS(
             pretrained=True, net=net, pnet_rand=True, model_path=str(linear_weights_path), verbose=False
         )
-        self.model.net.load_state_dict(self._backbone_state_dict(_load_state_dict(backbone_weights_path)))
+        backbone = load_state_dict_file(backbone_weights_path, "`backbone_weights_path`")
+        self.model.net.load_state_dict(self._backbone_state_dict(backbone))
         self.model = self.model.eval().requires_grad_(False)
 
     def _backbone_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

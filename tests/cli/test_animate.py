@@ -94,7 +94,7 @@ def test_custom_timesteps(tmp_path, video_dir, model_dir, capsys):
     assert "(timesteps [999, 499, 139], guidance scale 1.0)" in capsys.readouterr().out
     assert iio.imread(output).shape[0] == 4
     assert main([*common, "--timesteps", "499", "999"]) == 2
-    assert "`timesteps` must be a non-empty, strictly decreasing" in capsys.readouterr().err
+    assert "--timesteps must be strictly decreasing integers >= 0" in capsys.readouterr().err
     assert main([*common, "--timesteps", "999", "--steps", "2"]) == 2
     assert "either `--steps` or `--timesteps`" in capsys.readouterr().err
 

@@ -12,6 +12,7 @@ from diffusers import DDIMScheduler, LCMScheduler, UNetMotionModel
 
 from referencelcm import ReferenceLCMPipeline
 
+from ..test_shipped_files import absolute_paths_in
 from . import load_example
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,6 +40,7 @@ def check_shipped_models(built: dict) -> None:
     assert isinstance(student.denoising_unet, UNetMotionModel)
     shipped = {entry.name for entry in (built["models"] / "student").iterdir()}
     assert "model_index.json" in shipped and not [name for name in shipped if name.startswith(("checkpoint-", "logs"))]
+    assert absolute_paths_in(built["models"]) == []  # built from absolute work-dir paths, none of them shipped
 
 
 def check_demo_video(built: dict) -> None:

@@ -236,3 +236,23 @@ def test_sd15_style_folders_replace_components(workspace: Path, script, tmp_path
     with pytest.raises(FileNotFoundError, match="--pretrained_vae_path"):
         script.build_pipeline(script.parse_args(base_args(workspace, "image", "unused") + [
             "--pretrained_vae_path", str(tmp_path / "clip")]))
+
+
+def test_lr_schedule_is_the_same_with_two_processes(workspace: Path, tmp_path: Path):
+    """accelerate steps a prepared LR scheduler once per process: warm-up and decay must not run twice as fast."""
+    arguments = [*base_args(workspace, "vae", "unused", steps=4), "--model_config", str(workspace / "tiny.json"),
+                 "--train_batch_size", "1", "--lr_scheduler", "linear", "--lr_warmup_steps", "2",
+                 "--checkpointing_steps", "100"]
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1"}  # gloo on the CPU
+    learning_rates = {}
+    for processes in (1, 2):
+        output = tmp_path / f"processes-{processes}"
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+        result = subprocess.run([*launcher, str(SCRIPT), *arguments, "--output_dir", str(output)], cwd=REPO,
+                                env=environment, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        records = read_metrics(output / "logs")
+        assert [record["step"] for record in records] == [1, 2, 3, 4]  # logged once: the processes form one run
+        learning_rates[processes] = [record["lr"] for record in records]
+    assert learning_rates[1] == pytest.approx([5e-5, 1e-4, 5e-5, 0.0])
+    assert learning_rates[2] == learning_rates[1]

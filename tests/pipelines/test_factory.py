@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from referencelcm import ReferenceLCMPipeline
 from referencelcm.pipelines.factory import build_components
@@ -23,8 +24,6 @@ def test_guidance_widths_must_match_the_vae_depth():
 
 
 def test_latent_channels_size_the_vae_and_both_unets():
-    import torch
-
     components = build_components(vae_block_out_channels=(8, 16), vae_latent_channels=8, vae_norm_num_groups=4)
     assert components["vae"].config.latent_channels == 8 and components["vae"].config.norm_num_groups == 4
     for name in ("reference_unet", "denoising_unet"):
@@ -38,3 +37,13 @@ def test_latent_channels_size_the_vae_and_both_unets():
     assert latents.shape[1] == 8  # (B, C, F, h, w)
     frames = pipe(reference, guidance, num_inference_steps=2, output_type="pt").frames[0]
     assert frames.shape == (2, 3, 32, 32)
+
+
+def test_build_components_leaves_the_global_rng_unchanged():
+    torch.manual_seed(1234)
+    state = torch.get_rng_state()
+    first = build_components()
+    assert torch.equal(torch.get_rng_state(), state)
+    second = build_components()  # still seeded by `seed`: the same weights every time
+    for name in ("vae", "denoising_unet", "guidance_encoder"):
+        assert all(torch.equal(a, b) for a, b in zip(first[name].state_dict().values(), second[name].state_dict().values()))

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import pickle
 import re
 import shutil
 import tempfile
@@ -32,13 +31,15 @@ import diffusers
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel, UNetMotionModel
 from diffusers.utils import logging as diffusers_logging
-from safetensors.torch import load_file
 from torch import nn
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
+from ..arguments import check_at_least, check_output_folder
 from ..models.guidance_encoder import MultiGuidanceEncoder
 from ..models.motion import set_motion_norm_mode
 from ..pipelines.factory import TEACHER_SCHEDULER_CONFIG
+from ..pipelines.loading import check_component_folder
+from ..state_dicts import load_state_dict_file
 from .champ_keys import (
     MOTION_ALLOWED_MISSING,
     REFERENCE_UNET_ALLOWED_MISSING,
@@ -156,6 +157,7 @@ def _existing_file(path: Path, argument: str) -> Path:
 def _model_dir(path: Path, argument: str, what: str) -> Path:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{argument} {path}: expected a folder with config.json holding {what}.")
+    check_component_folder(path, f"{argument} {path}")
     return path
 
 
@@ -188,21 +190,7 @@ def _guidance_files(checkpoints: Path, guidance_types: Sequence[str] | None) -> 
 
 def load_champ_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """Read a Champ ``.pth`` state dict safely (``weights_only=True``, memory-mapped when the format allows)."""
-    try:
-        try:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ValueError(
-            f"{path}: cannot be read with torch.load(weights_only=True), so it holds more than tensors; refusing to "
-            f"unpickle arbitrary objects ({str(error).splitlines()[0]})."
-        ) from error
-    if isinstance(state_dict, Mapping) and "state_dict" in state_dict:
-        state_dict = state_dict["state_dict"]
-    if not isinstance(state_dict, Mapping) or not all(isinstance(value, torch.Tensor) for value in state_dict.values()):
-        raise ValueError(f"{path}: expected a state dict (name → tensor), got {type(state_dict).__name__}.")
-    return dict(state_dict)
+    return load_state_dict_file(path, "--champ-dir")
 
 
 # -- the report --------------------------------------------------------------------------------------------------
@@ -274,10 +262,7 @@ class _BaseWeights:
 
     def get(self) -> dict[str, torch.Tensor] | None:
         if self.path is not None and self._state_dict is None:
-            if self.path.suffix == ".safetensors":
-                self._state_dict = load_file(self.path)
-            else:
-                self._state_dict = torch.load(self.path, map_location="cpu", weights_only=True)
+            self._state_dict = load_state_dict_file(self.path, "--base-model")
         return self._state_dict
 
 
@@ -496,9 +481,10 @@ def write_model_index(folder: Path) -> None:
 
 
 def check_output(output: Path, overwrite: bool) -> None:
-    """Refuse an output that is a file, or a non-empty folder unless ``overwrite``."""
+    """Refuse an output that is a file or under one, or a non-empty folder unless ``overwrite``."""
     if output.exists() and not output.is_dir():
         raise ValueError(f"--output {output}: expected a folder to create; a file is in the way.")
+    check_output_folder("--output", output)
     if output.is_dir() and any(output.iterdir()) and not overwrite:
         raise ValueError(f"--output {output}: the folder is not empty; pass --overwrite to replace it.")
 
@@ -569,6 +555,8 @@ def convert_champ(
     log = log or (lambda message: None)
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {tuple(DTYPES)}, got {dtype!r}.")
+    check_at_least("--guidance-attention-heads", guidance_attention_heads, 1)
+    check_at_least("--motion-attention-heads", motion_attention_heads, 1)
     scheduler = champ_scheduler(beta_schedule)
     output = Path(output)
     check_output(output, overwrite)

@@ -168,8 +168,17 @@ def _compare_listings(video_dir: Path, listings: dict[str, dict[str, str]]) -> N
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    with Image.open(path) as image:
-        return image.size
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, SyntaxError, ValueError) as error:  # PIL reports damaged files with all three
+        raise _unreadable(path, error) from error
+
+
+def _unreadable(path: str | os.PathLike, error: Exception) -> Exception:
+    if isinstance(error, FileNotFoundError):
+        return FileNotFoundError(f"{path}: no such file.")
+    return ValueError(f"{path}: not a readable image ({error}).")
 
 
 def _check_size(video: ChampVideo, folder: str, frame: int, expected: tuple[int, int], expected_from: str) -> None:
@@ -220,10 +229,22 @@ def list_videos(root: str | os.PathLike) -> list[Path]:
     ]
 
 
+def open_image(path: str | os.PathLike, mode: str = "RGB") -> Image.Image:
+    """An image file fully decoded (a truncated file fails here, not later) and converted to ``mode``.
+
+    Raises ``FileNotFoundError`` / ``ValueError`` naming the file when it is missing or not a readable image; PIL's
+    error is kept as the cause.
+    """
+    try:
+        with Image.open(path) as image:
+            return image.convert(mode)
+    except (OSError, SyntaxError, ValueError) as error:  # PIL reports damaged files with all three
+        raise _unreadable(path, error) from error
+
+
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """An image file as ``(H, W, 3)`` uint8 RGB."""
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+    """An image file as ``(H, W, 3)`` uint8 RGB (errors as :func:`open_image`)."""
+    return np.asarray(open_image(path))
 
 
 def apply_mask(semantic_map: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -258,8 +279,7 @@ def read_guidance_frames(
     if SEMANTIC_FOLDER in result and video.has_mask:
         masks = []
         for frame in frames:
-            with Image.open(video.frame_path(MASK_FOLDER, frame)) as image:
-                mask = np.asarray(image.convert("L"))
+            mask = np.asarray(open_image(video.frame_path(MASK_FOLDER, frame), "L"))
             if mask.shape != expected:
                 raise ValueError(
                     f"video {str(video.path)!r}: {MASK_FOLDER}/{video.files[MASK_FOLDER][frame]} is "

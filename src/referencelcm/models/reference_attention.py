@@ -1,7 +1,8 @@
 """Reference attention (ReferenceNet): the R-UNet writes, the D-UNets read, paired by module name.
 
-Data flow, per DESIGN §2: the R-UNet runs once on the clean reference latents at t = 0; each spatial self-attention
-layer (``attn1``) stores its input — the output of ``norm1`` — in a :class:`ReferenceBank` under its module name.
+Data flow, per docs/design.md §2: the R-UNet runs once on the clean reference latents at t = 0; each spatial
+self-attention layer (``attn1``) stores its input — the output of ``norm1`` — in a :class:`ReferenceBank` under its
+module name.
 The same-named ``attn1`` of a D-UNet then attends with ``query = own tokens`` and ``key / value`` computed from
 ``[own tokens ; reference tokens]``; the reference tokens are broadcast to every frame.
 

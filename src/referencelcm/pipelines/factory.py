@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+from typing import Callable, Sequence
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, LCMScheduler, MotionAdapter, UNet2DConditionModel, UNetMotionModel
@@ -10,7 +11,7 @@ from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWi
 
 from ..models.guidance_encoder import MultiGuidanceEncoder
 
-# The teacher schedule of DESIGN §2 (Champ's): v-prediction, zero terminal SNR, trailing timesteps.
+# The teacher schedule of docs/design.md §2 (Champ's): v-prediction, zero terminal SNR, trailing timesteps.
 TEACHER_SCHEDULER_CONFIG = dict(
     num_train_timesteps=1000,
     beta_start=0.00085,
@@ -53,6 +54,18 @@ def unet_2d_config(
     )
 
 
+def _leaves_global_rng_unchanged(function: Callable) -> Callable:
+    """Run ``function`` on a fork of the CPU torch RNG, so seeding inside it does not change the caller's RNG."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with torch.random.fork_rng(devices=[]):
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
+@_leaves_global_rng_unchanged
 def build_components(
     image_size: int = 32,
     guidance_types: Sequence[str] = ("depth", "normal", "semantic_map", "dwpose"),
@@ -82,7 +95,8 @@ def build_components(
     :func:`build_motion_adapter`). ``guidance_block_out_channels`` are the guidance encoders' conv widths (one more
     than the VAE's downsampling steps; default ``(w, 2w, …, 4w)`` with ``w`` the first UNet width).
     ``vae_latent_channels`` sets the latent's channels (and both UNets' input and output); ``vae_norm_num_groups``
-    the VAE's group-norm groups (default ``norm_num_groups``).
+    the VAE's group-norm groups (default ``norm_num_groups``). The weights are drawn from a forked RNG seeded with
+    ``seed``: the caller's global torch RNG state is left unchanged.
     """
     if scheduler not in ("lcm", "ddim"):
         raise ValueError(f"`scheduler` must be 'lcm' or 'ddim', got {scheduler!r}.")

@@ -18,6 +18,8 @@ _RANGE_TOLERANCE = 1e-3
 def _check_unit_range(name: str, values: torch.Tensor) -> None:
     if values.numel() == 0:
         raise ValueError(f"`{name}` holds no frames or pixels (shape {tuple(values.shape)}).")
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError(f"`{name}` must hold finite values in [0, 1], got NaN or infinite values.")
     low, high = float(values.min()), float(values.max())
     if low < -_RANGE_TOLERANCE or high > 1 + _RANGE_TOLERANCE:
         raise ValueError(f"`{name}` must hold values in [0, 1], got values in [{low:.3g}, {high:.3g}].")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import math
+import numbers
 import operator
 import os
 from typing import Any, Callable, Mapping
@@ -24,6 +26,7 @@ from ..models.reference_attention import ReferenceBank, check_reference_pairing,
 from ..training.consistency import guidance_scale_embedding
 from .context import context_windows
 from .inputs import FramesInput, ImageInput, guidance_to_tensors, reference_to_tensor, resize
+from .loading import check_pipeline_folder, loaded_components, looks_like_local_path
 from .pipeline_output import ReferenceLCMPipelineOutput
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -32,7 +35,7 @@ OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 class ReferenceLCMPipeline(DiffusionPipeline):
     r"""Pose-guided human animation with a ReferenceNet (R-UNet + D-UNet) and a latent consistency D-UNet.
 
-    Components (DESIGN §3): ``vae`` (``AutoencoderKL`` / ``AutoencoderTiny``), ``image_encoder``
+    Components (docs/design.md §3): ``vae`` (``AutoencoderKL`` / ``AutoencoderTiny``), ``image_encoder``
     (``CLIPVisionModelWithProjection``), ``feature_extractor`` (``CLIPImageProcessor``), ``reference_unet``
     (``UNet2DConditionModel``), ``denoising_unet`` (``UNet2DConditionModel`` for images, ``UNetMotionModel`` for
     video), ``guidance_encoder`` (:class:`MultiGuidanceEncoder`), ``scheduler`` (``LCMScheduler`` for a distilled
@@ -121,12 +124,14 @@ class ReferenceLCMPipeline(DiffusionPipeline):
         """
         path = os.fspath(pretrained_model_name_or_path)
         if not os.path.isdir(path):
-            if os.path.exists(path) or path.startswith((".", os.sep, "~")) or path.count("/") > 1:
+            if looks_like_local_path(path):
                 raise FileNotFoundError(f"`pretrained_model_name_or_path` {path!r} is not a pipeline folder.")
             from huggingface_hub import snapshot_download
 
             download_keys = ("revision", "token", "cache_dir", "local_files_only", "force_download")
             path = snapshot_download(path, **{key: kwargs.pop(key) for key in download_keys if key in kwargs})
+        # A broken folder is reported by component and file, before diffusers' less specific errors.
+        check_pipeline_folder(path, "`pretrained_model_name_or_path`", loaded_components(cls, kwargs))
         pipeline = super().from_pretrained(path, **kwargs)
         for component in pipeline.components.values():
             if isinstance(component, torch.nn.Module):
@@ -159,8 +164,16 @@ class ReferenceLCMPipeline(DiffusionPipeline):
         decode_chunk_size: int,
         callback_on_step_end_tensor_inputs: list[str] | None,
         timesteps: list[int] | None = None,
+        guidance_scale: float = 1.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        batch_size: int = 1,
     ) -> None:
-        """Raise a ``ValueError`` naming the argument for any input the models cannot run on."""
+        """Raise a ``ValueError`` naming the argument for any input the models cannot run on.
+
+        ``latents`` (``(B, C, F, h, w)``, or ``None``) must be finite; a list ``generator`` holds one generator per
+        video of the batch (``batch_size``).
+        """
         expected, given = set(self.guidance_types), set(guidance)
         if given != expected:
             raise ValueError(
@@ -196,6 +209,15 @@ class ReferenceLCMPipeline(DiffusionPipeline):
             raise ValueError(
                 f"`callback_on_step_end_tensor_inputs` may only name {self._callback_tensor_inputs}, got {sorted(unknown)}."
             )
+        if not isinstance(guidance_scale, numbers.Real) or not math.isfinite(guidance_scale):
+            raise ValueError(f"`guidance_scale` must be a finite number, got {guidance_scale!r}.")
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(
+                f"`generator` is a list of {len(generator)} generators, but the batch has {batch_size} video(s); pass "
+                f"one generator per video, or a single generator."
+            )
+        if isinstance(latents, torch.Tensor) and not bool(torch.isfinite(latents).all()):
+            raise ValueError("`latents` must hold finite values, got NaN or infinite values.")
 
     def _check_timesteps(self, timesteps: list[int]) -> None:
         if "timesteps" not in inspect.signature(self.scheduler.set_timesteps).parameters:
@@ -384,11 +406,12 @@ class ReferenceLCMPipeline(DiffusionPipeline):
         guidance_maps = guidance_to_tensors(guidance)
         first_maps = next(iter(guidance_maps.values()))
         num_frames = first_maps.shape[0]
-        height = height or first_maps.shape[-2]
-        width = width or first_maps.shape[-1]
+        height = first_maps.shape[-2] if height is None else height
+        width = first_maps.shape[-1] if width is None else width
         self.check_inputs(
             guidance_maps, num_inference_steps, height, width, context_frames, context_overlap, output_type,
-            decode_chunk_size, callback_on_step_end_tensor_inputs, timesteps,
+            decode_chunk_size, callback_on_step_end_tensor_inputs, timesteps, guidance_scale, generator, latents,
+            batch_size=1,
         )
         device = self._execution_device
         reference = resize(reference[None], height, width)

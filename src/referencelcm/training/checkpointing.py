@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -47,6 +48,27 @@ def resolve_resume_checkpoint(output_dir: str | os.PathLike, resume_from_checkpo
             f"`--resume_from_checkpoint` must be 'latest' or an existing 'checkpoint-<step>' folder, got {str(path)!r}."
         )
     return path, int(match.group(1))
+
+
+def resume(accelerator, output_dir: str | os.PathLike, resume_from_checkpoint: str | None) -> int:
+    """Load the checkpoint ``--resume_from_checkpoint`` names (see :func:`resolve_resume_checkpoint`) into
+    ``accelerator``; returns its step (0 when there is nothing to resume).
+
+    accelerate reads the optimiser, scheduler and RNG files with ``torch.load(weights_only=True)``; a file that holds
+    more than tensors is refused with a ``ValueError`` naming the flag and the folder (the pickle error as its cause).
+    """
+    found = resolve_resume_checkpoint(output_dir, resume_from_checkpoint)
+    if found is None:
+        return 0
+    folder, step = found
+    try:
+        accelerator.load_state(str(folder))
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"--resume_from_checkpoint {folder}: a file in it holds more than tensors, and weights_only loading "
+            f"refuses to unpickle it ({str(error).splitlines()[0]})."
+        ) from error
+    return step
 
 
 def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, total_limit: int | None = None) -> Path:

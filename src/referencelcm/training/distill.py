@@ -1,4 +1,4 @@
-"""One CoSeC-LCD distillation step (paper §2.1–2.2, Eqs. 3–8; DESIGN §4): the loss for one batch.
+"""One CoSeC-LCD distillation step (paper §2.1–2.2, Eqs. 3–8; docs/design.md §4): the loss for one batch.
 
 Data flow for a batch of ``B`` dataset items with ``k`` references each (``N = B·k`` samples):
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -13,6 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..pipelines.loading import looks_like_local_path
 from ..pipelines.pipeline_referencelcm import ReferenceLCMPipeline
 from .consistency import student_lcm_scheduler_from_teacher
 
@@ -65,6 +67,7 @@ def save_student_pipeline(
     temporary = output_dir / f".tmp-pipeline-{uuid.uuid4().hex[:8]}"
     try:
         pipe.save_pretrained(temporary)
+        strip_local_paths(temporary)
         card = _model_card(hub_model_id, hub_token, base_model, description)
         populate_model_card(card, tags=list(tags)).save(temporary / "README.md")
         for name, path in (extra_files or {}).items():
@@ -76,6 +79,25 @@ def save_student_pipeline(
             os.replace(entry, destination)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
+
+
+def strip_local_paths(folder: str | os.PathLike) -> None:
+    """Remove ``_name_or_path`` (where diffusers records the folder a model was loaded from: an absolute path on the
+    build machine) from every JSON config under ``folder``, so a saved pipeline carries no paths of this machine."""
+    for path in sorted(Path(folder).rglob("*.json")):
+        config = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(config, dict) and "_name_or_path" in config:
+            del config["_name_or_path"]
+            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def portable_name(model: str | os.PathLike | None) -> str | None:
+    """How a model card names a starting point: a local path by its last part only (never this machine's absolute
+    path), a Hub repo id as it is."""
+    if model is None:
+        return None
+    model = os.fspath(model)
+    return Path(model).name if looks_like_local_path(model) else model
 
 
 def _model_card(hub_model_id: str | None, token: str | None, base_model: str | None, description: str | None):

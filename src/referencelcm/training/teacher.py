@@ -1,4 +1,4 @@
-"""One teacher training step (Champ's recipe, DESIGN §2): the denoising loss of a ReferenceNet for one batch.
+"""One teacher training step (Champ's recipe, docs/design.md §4): the denoising loss of a ReferenceNet for one batch.
 
 Stages (``examples/train_teacher.py``):
 

@@ -25,20 +25,22 @@ class MetricsFileTracker(GeneralTracker):
     def __init__(self, run_name: str, logging_dir: str | os.PathLike) -> None:
         super().__init__()
         self.run_name = run_name
+        # The folder is made on the first write: building the tracker (with the Accelerator) writes nothing.
         self.path = os.path.join(logging_dir, METRICS_FILE)
-        os.makedirs(logging_dir, exist_ok=True)
 
     @property
     def tracker(self) -> str:
         return self.path
 
     def store_init_configuration(self, values: dict[str, Any]) -> None:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
         with open(os.path.join(os.path.dirname(self.path), "config.json"), "w", encoding="utf-8") as handle:
             json.dump(values, handle, indent=2, sort_keys=True, default=str)
 
     def log(self, values: dict[str, Any], step: int | None = None, **kwargs: Any) -> None:
         scalars = {key: float(value) for key, value in values.items() if isinstance(value, (int, float))}
         record = {"step": step, **{key: (value if math.isfinite(value) else str(value)) for key, value in scalars.items()}}
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ...arguments import check_at_least, check_output_folder
 from .writer import DATASET_SPLITS, DEFAULT_FPS, generate_dataset
 
 
@@ -30,10 +31,11 @@ def run(args: argparse.Namespace) -> int:
         ("--fps", args.fps, 1),
         ("--seed", args.seed, 0),
     ):
-        if value < minimum:
-            raise ValueError(f"{flag} must be an integer >= {minimum}, got {value}.")
+        check_at_least(flag, value, minimum)
     if args.split == "reenact" and args.num_videos < 2:
-        raise ValueError(f"--num-videos must be at least 2 for --split reenact (pairs of identities), got {args.num_videos}.")
+        raise ValueError(f"--num-videos must be at least 2 for --split reenact (pairs of identities), got "
+                         f"{args.num_videos}.")
+    check_output_folder("--output", args.output)
     root = generate_dataset(
         args.output,
         num_videos=args.num_videos,
