@@ -25,6 +25,8 @@ REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 BUNDLED_MODEL = REPOSITORY_ROOT / "models" / "student"
 BUNDLED_DEMO = REPOSITORY_ROOT / "assets" / "demo"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+STUDENT_STEPS, STUDENT_GUIDANCE_SCALE = 4, 1.0
+TEACHER_STEPS, TEACHER_GUIDANCE_SCALE = 20, 3.5  # Champ's sampling: 20 DDIM steps with CFG 3.5
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,7 +93,12 @@ def default_demo_video() -> Path:
 
 
 def write_video(frames: list[np.ndarray] | list[PIL.Image.Image], path: str | os.PathLike, fps: int) -> Path:
-    """Write an mp4 atomically (temporary file in the same folder, then rename); returns the path."""
+    """Write an mp4 atomically (temporary file in the same folder, then rename); returns the path.
+
+    ``frames`` are PIL images, float ``(H, W, 3)`` arrays in ``[0, 1]`` or uint8 ``(H, W, 3)`` arrays.
+    """
+    if isinstance(frames[0], np.ndarray) and frames[0].dtype == np.uint8:
+        frames = [PIL.Image.fromarray(frame) for frame in frames]  # export_to_video scales arrays by 255
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(suffix=path.suffix or ".mp4", dir=path.parent, prefix=".tmp-")
@@ -105,6 +112,13 @@ def write_video(frames: list[np.ndarray] | list[PIL.Image.Image], path: str | os
     return path
 
 
+def default_sampling(pipe) -> tuple[int, float]:
+    """``(steps, guidance scale)`` for ``pipe``: 4 steps without CFG for an LCM student, else 20 steps with CFG 3.5."""
+    if isinstance(pipe.scheduler, LCMScheduler):
+        return STUDENT_STEPS, STUDENT_GUIDANCE_SCALE
+    return TEACHER_STEPS, TEACHER_GUIDANCE_SCALE
+
+
 def side_by_side(reference: PIL.Image.Image, guidance: dict[str, list[PIL.Image.Image]], video: np.ndarray) -> list[np.ndarray]:
     """Frames of ``reference | guidance maps | result``; ``video`` is ``(F, H, W, 3)`` in ``[0, 1]``."""
     height, width = video.shape[1:3]
@@ -114,6 +128,18 @@ def side_by_side(reference: PIL.Image.Image, guidance: dict[str, list[PIL.Image.
         maps = [np.asarray(frames[index].resize((width, height)), dtype=np.float32) / 255.0 for frames in guidance.values()]
         rows.append((np.concatenate([reference_array, *maps, frame], axis=1) * 255).round().astype(np.uint8))
     return rows
+
+
+def write_outputs(
+    reference: PIL.Image.Image, guidance: dict[str, list[PIL.Image.Image]], video: np.ndarray,
+    output: str | os.PathLike, fps: int, grid: bool = True,
+) -> tuple[Path, Path | None]:
+    """Writes ``output`` (the video ``(F, H, W, 3)`` in ``[0, 1]``) and, with ``grid``, ``<output>_grid.mp4``
+    (reference | guidance maps | result); returns both paths (the grid's is ``None`` without ``grid``)."""
+    path = write_video(list(video), output, fps)
+    if not grid:
+        return path, None
+    return path, write_video(side_by_side(reference, guidance, video), path.with_name(f"{path.stem}_grid.mp4"), fps)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -135,20 +161,19 @@ def run(args: argparse.Namespace) -> int:
     with PIL.Image.open(args.reference) as image:
         reference = image.convert("RGB")
 
-    is_student = isinstance(pipe.scheduler, LCMScheduler)
     if args.timesteps is not None and args.steps is not None:
         raise ValueError("pass either `--steps` or `--timesteps`, not both.")
-    steps = len(args.timesteps) if args.timesteps else args.steps or (4 if is_student else 20)
-    guidance_scale = args.guidance_scale if args.guidance_scale is not None else (1.0 if is_student else 3.5)
+    default_steps, default_guidance_scale = default_sampling(pipe)
+    steps = len(args.timesteps) if args.timesteps else args.steps or default_steps
+    guidance_scale = args.guidance_scale if args.guidance_scale is not None else default_guidance_scale
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
     video = pipe(
         reference, guidance, num_inference_steps=steps, timesteps=args.timesteps, guidance_scale=guidance_scale,
         height=args.height, width=args.width, generator=generator, output_type="np",
     ).frames[0]
-    path = write_video(list(video), args.output, args.fps)
+    path, grid_path = write_outputs(reference, guidance, video, args.output, args.fps, args.grid)
     schedule = f"timesteps {args.timesteps}" if args.timesteps else f"{steps} steps"
     print(f"referencelcm: wrote {len(video)} frames ({schedule}, guidance scale {guidance_scale}) to {path}")
-    if args.grid:
-        grid_path = write_video(side_by_side(reference, guidance, video), path.with_name(f"{path.stem}_grid.mp4"), args.fps)
+    if grid_path is not None:
         print(f"referencelcm: wrote the side-by-side grid to {grid_path}")
     return 0
