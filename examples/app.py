@@ -1,4 +1,4 @@
-"""The web demo: a Gradio app on the bundled student and teacher (``pip install -e ".[demo]"``), as ``referencelcm demo``.
+"""The web demo, as ``referencelcm demo``: a Gradio app on the bundled student and teacher (needs ``.[demo]``).
 
     python examples/app.py                                  # http://127.0.0.1:7860
     python examples/app.py --model DIR --teacher DIR --host 0.0.0.0 --port 7861

@@ -30,7 +30,7 @@ from diffusers import LCMScheduler
 from einops import rearrange
 
 from .animate import (
-    BUNDLED_DEMO, BUNDLED_MODEL, REPOSITORY_ROOT, default_demo_video, default_sampling, load_pipeline, write_outputs,
+    BUNDLED_MODEL, REPOSITORY_ROOT, default_demo_video, default_sampling, load_pipeline, write_outputs,
 )
 from .data.layout import IMAGE_FOLDER, SEMANTIC_FOLDER, apply_mask, list_frames, read_guidance_folder
 from .data.synthdance import render_video, sample_video_spec
@@ -41,7 +41,8 @@ DEMO_VIDEO = "bundled demo video"
 SYNTHDANCE = "SynthDance motion"
 MODEL_KINDS = ("student", "teacher")
 MAX_LCM_STEPS, MAX_STEPS = 8, 50  # slider ranges: an LCM student takes 1-8 steps, a DDIM teacher up to 50
-MAX_SYNTHDANCE_FRAMES = 48
+DEFAULT_SYNTHDANCE_FRAMES, MAX_SYNTHDANCE_FRAMES = 16, 48
+DEFAULT_MOTION_SEED = 1  # seed 0 draws the bundled demo video again (SynthDance test video 0 of seed 0)
 MAX_SEED = 2**32 - 1
 FPS = 12
 ProgressCallback = Callable[[float, str], None]
@@ -88,7 +89,7 @@ class DemoResult:
 
 @dataclass(frozen=True)
 class DemoModels:
-    """The pipeline folders (or Hub ids) behind the app's ``student`` and ``teacher`` choices."""
+    """The pipeline folders behind the app's ``student`` and ``teacher`` choices."""
 
     student: str = str(BUNDLED_MODEL)
     teacher: str = str(BUNDLED_TEACHER)
@@ -112,13 +113,20 @@ def cached_pipeline(model: str, device: str):
 def sampling_defaults(pipe) -> SamplingDefaults:
     """4 steps without CFG (at most 8) for an LCM student; 20 steps with CFG 3.5 (at most 50) for a teacher."""
     steps, guidance_scale = default_sampling(pipe)
-    return SamplingDefaults(steps, guidance_scale, MAX_LCM_STEPS if isinstance(pipe.scheduler, LCMScheduler) else MAX_STEPS)
+    max_steps = MAX_LCM_STEPS if isinstance(pipe.scheduler, LCMScheduler) else MAX_STEPS
+    return SamplingDefaults(steps, guidance_scale, max_steps)
+
+
+def _check_integer(name: str, value: object, low: int, high: int, where: str = "") -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or \
+            not math.isfinite(value) or value != int(value) or not low <= value <= high:
+        raise ValueError(f"`{name}` must be an integer from {low} to {high}{where}, got {value!r}.")
+    return int(value)
 
 
 # -- guidance sources ------------------------------------------------------------------------------------------------
 
 demo_video = functools.cache(default_demo_video)  # rendered once per process when the checkout has no bundled demo
-
 
 
 def demo_video_frames() -> int:
@@ -132,7 +140,8 @@ def demo_reference_path() -> Path:
     return video / IMAGE_FOLDER / list_frames(video)[0]
 
 
-def demo_video_guidance(guidance_types: tuple[str, ...], num_frames: int, motion_seed: int, resolution: int) -> Guidance:
+def demo_video_guidance(guidance_types: tuple[str, ...], num_frames: int, motion_seed: int, resolution: int
+                        ) -> Guidance:
     """The first ``num_frames`` frames of the bundled demo video (``motion_seed`` and ``resolution`` are unused)."""
     available = demo_video_frames()
     _check_integer("frames", num_frames, 1, available, f" for the {DEMO_VIDEO}")
@@ -141,7 +150,8 @@ def demo_video_guidance(guidance_types: tuple[str, ...], num_frames: int, motion
     return Guidance(read_guidance_folder(demo_video(), guidance_types, slice(0, num_frames)), reference)
 
 
-def synthdance_guidance(guidance_types: tuple[str, ...], num_frames: int, motion_seed: int, resolution: int) -> Guidance:
+def synthdance_guidance(guidance_types: tuple[str, ...], num_frames: int, motion_seed: int, resolution: int
+                        ) -> Guidance:
     """A SynthDance test video rendered in memory: video 0 of the test split drawn with ``motion_seed``."""
     _check_integer("frames", num_frames, 1, MAX_SYNTHDANCE_FRAMES, f" for a {SYNTHDANCE}")
     _check_integer("motion seed", motion_seed, 0, MAX_SEED)
@@ -156,18 +166,21 @@ def synthdance_guidance(guidance_types: tuple[str, ...], num_frames: int, motion
 
 # name -> function(guidance_types, num_frames, motion_seed, resolution) -> Guidance. An uploaded driving video becomes a
 # third source once `referencelcm extract-guidance` exists: an entry here and a video input in build_app.
-GUIDANCE_SOURCES: dict[str, Callable[..., Guidance]] = {DEMO_VIDEO: demo_video_guidance, SYNTHDANCE: synthdance_guidance}
+GUIDANCE_SOURCES: dict[str, Callable[..., Guidance]] = {
+    DEMO_VIDEO: demo_video_guidance,
+    SYNTHDANCE: synthdance_guidance,
+}
 
 
 def frame_limits(source: str) -> tuple[int, int]:
     """``(default, maximum)`` frame counts the app offers for a guidance source."""
     if source == DEMO_VIDEO:
         return demo_video_frames(), demo_video_frames()
-    return 16, MAX_SYNTHDANCE_FRAMES
+    return DEFAULT_SYNTHDANCE_FRAMES, MAX_SYNTHDANCE_FRAMES
 
 
-def load_guidance(source: str, guidance_types: tuple[str, ...], num_frames: int, motion_seed: int = 0,
-                  resolution: int = 64) -> Guidance:
+def load_guidance(source: str, guidance_types: tuple[str, ...], num_frames: int,
+                  motion_seed: int = DEFAULT_MOTION_SEED, resolution: int = 64) -> Guidance:
     """The guidance of ``source`` (one of :data:`GUIDANCE_SOURCES`) for ``guidance_types``."""
     if source not in GUIDANCE_SOURCES:
         raise ValueError(f"`guidance` must be one of {list(GUIDANCE_SOURCES)}, got {source!r}.")
@@ -175,13 +188,6 @@ def load_guidance(source: str, guidance_types: tuple[str, ...], num_frames: int,
 
 
 # -- generation ------------------------------------------------------------------------------------------------------
-
-
-def _check_integer(name: str, value: object, low: int, high: int, where: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or \
-            not math.isfinite(value) or value != int(value) or not low <= value <= high:
-        raise ValueError(f"`{name}` must be an integer from {low} to {high}{where}, got {value!r}.")
-    return int(value)
 
 
 def as_rgb_image(image: PIL.Image.Image | np.ndarray | torch.Tensor) -> PIL.Image.Image:
@@ -218,7 +224,7 @@ def generate(
     seed: int = 0,
     model_kind: str = "student",
     guidance_scale: float | None = None,
-    motion_seed: int = 0,
+    motion_seed: int = DEFAULT_MOTION_SEED,
     output_dir: str | os.PathLike | None = None,
     progress: ProgressCallback | None = None,
     device: str | None = None,
@@ -302,10 +308,11 @@ def build_app(models: DemoModels, device: str | None = None):
         gr.Markdown("## referencelcm: animate a reference image along a pose-guidance video")
         with gr.Row():
             with gr.Column():
-                reference = gr.Image(str(demo_reference_path()), type="pil", sources=["upload"], height=200, elem_id="reference",
-                                     label="reference image (empty: the guidance video's first frame)")
+                reference = gr.Image(str(demo_reference_path()), type="pil", sources=["upload"], height=200,
+                                     label="reference image (empty: the guidance video's first frame)",
+                                     elem_id="reference")
                 source = gr.Radio(list(GUIDANCE_SOURCES), value=DEMO_VIDEO, label="guidance", elem_id="guidance")
-                motion_seed = gr.Number(0, precision=0, label="SynthDance motion seed", visible=False)
+                motion_seed = gr.Number(DEFAULT_MOTION_SEED, precision=0, label="SynthDance motion seed", visible=False)
                 model_kind = gr.Radio(list(MODEL_KINDS), value="student", label="model", elem_id="model")
                 steps = gr.Slider(1, student.max_steps, value=student.steps, step=1, label="steps", elem_id="steps")
                 guidance_scale = gr.Number(student.guidance_scale, label="CFG scale (1: off)", elem_id="cfg")
@@ -313,7 +320,8 @@ def build_app(models: DemoModels, device: str | None = None):
                 seed = gr.Number(0, precision=0, label="seed", elem_id="seed")
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column():
-                video = gr.Video(label="result", buttons=["download"], autoplay=True, loop=True, height=320, elem_id="result")
+                video = gr.Video(label="result", buttons=["download"], autoplay=True, loop=True, height=320,
+                                 elem_id="result")
                 grid = gr.Video(label="reference | guidance | result", buttons=["download"], loop=True, elem_id="grid")
                 summary = gr.Markdown(elem_id="summary")
                 files = gr.File(label="download", file_count="multiple", elem_id="files")
@@ -329,7 +337,8 @@ def build_app(models: DemoModels, device: str | None = None):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=str(BUNDLED_MODEL), help="student pipeline folder (default: %(default)s)")
-    parser.add_argument("--teacher", default=str(BUNDLED_TEACHER), help="teacher pipeline folder (default: %(default)s)")
+    parser.add_argument("--teacher", default=str(BUNDLED_TEACHER),
+                        help="teacher pipeline folder (default: %(default)s)")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=7860, help="port to serve on (default: %(default)s)")
 
@@ -341,9 +350,9 @@ def run(args: argparse.Namespace) -> int:
         print('referencelcm demo: error: the demo needs gradio: pip install -e ".[demo]"', file=sys.stderr)
         return 2
     models = DemoModels(args.model, args.teacher)
-    for kind in MODEL_KINDS:
-        if not Path(models.path(kind)).is_dir():
-            raise FileNotFoundError(f"`--{'model' if kind == 'student' else kind}` {models.path(kind)!r} is not a folder.")
+    for option, folder in (("--model", models.student), ("--teacher", models.teacher)):
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"`{option}` {folder!r} is not a folder.")
     app = build_app(models)  # loads the student: a bad folder fails here, before serving
-    app.launch(server_name=args.host, server_port=args.port, allowed_paths=[str(BUNDLED_DEMO)])
+    app.launch(server_name=args.host, server_port=args.port)
     return 0

@@ -110,7 +110,8 @@ def test_each_model_is_loaded_once_per_process(monkeypatch, tmp_path):
         for seed in (0, 1):
             generate(MODELS, None, num_frames=1, steps=1, seed=seed, output_dir=tmp_path / str(seed))
         assert len(loads) == 1
-        assert cached_pipeline(MODELS.student, demo.default_device()) is cached_pipeline(MODELS.student, demo.default_device())
+        device = demo.default_device()
+        assert cached_pipeline(MODELS.student, device) is cached_pipeline(MODELS.student, device)
     finally:
         cached_pipeline.cache_clear()  # drop the pipeline loaded through the patched function
 
