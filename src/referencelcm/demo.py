@@ -344,15 +344,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    models = DemoModels(args.model, args.teacher)
+    for option, folder in (("--model", models.student), ("--teacher", models.teacher)):
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"`{option}` {folder!r} is not a folder.")
     try:
         import gradio  # noqa: F401
     except ImportError:
         print('referencelcm demo: error: the demo needs gradio: pip install -e ".[demo]"', file=sys.stderr)
         return 2
-    models = DemoModels(args.model, args.teacher)
-    for option, folder in (("--model", models.student), ("--teacher", models.teacher)):
-        if not Path(folder).is_dir():
-            raise FileNotFoundError(f"`{option}` {folder!r} is not a folder.")
     app = build_app(models)  # loads the student: a bad folder fails here, before serving
-    app.launch(server_name=args.host, server_port=args.port)
+    try:
+        app.launch(server_name=args.host, server_port=args.port)
+    except OSError as error:  # the port is taken, or the host cannot be bound
+        reason = str(error).split(". ")[0]  # gradio's first sentence, without its advice on launch()
+        raise ValueError(f"cannot serve on `--host` {args.host} `--port` {args.port}: {reason}") from None
     return 0

@@ -1,6 +1,7 @@
 """The web demo's functions, called directly (no browser, no Gradio server): generate, defaults, errors, caching."""
 
 import math
+import socket
 
 import imageio.v3 as iio
 import numpy as np
@@ -122,3 +123,13 @@ def test_command_line_defaults_and_a_missing_model(tmp_path, capsys):
     assert main(["demo", "--model", str(tmp_path / "missing")]) == 2
     error = capsys.readouterr().err
     assert "--model" in error and "missing" in error and "Traceback" not in error
+
+
+def test_a_taken_port_is_one_line(capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["demo", "--port", str(port)]) == 2
+    error = capsys.readouterr().err
+    assert f"cannot serve on `--host` 127.0.0.1 `--port` {port}" in error and "Traceback" not in error
