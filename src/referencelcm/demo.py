@@ -219,7 +219,7 @@ def generate(
     models: DemoModels,
     reference_image: PIL.Image.Image | np.ndarray | None,
     guidance_source: str = DEMO_VIDEO,
-    num_frames: int = 17,
+    num_frames: int | None = None,
     steps: int | None = None,
     seed: int = 0,
     model_kind: str = "student",
@@ -231,6 +231,7 @@ def generate(
 ) -> DemoResult:
     """Animates ``reference_image`` (``None``: the guidance video's own first frame) and writes the video and the grid.
 
+    ``num_frames`` defaults to :func:`frame_limits` of the guidance source (all of the demo video's frames);
     ``steps`` / ``guidance_scale`` default to :func:`sampling_defaults` of the chosen model; ``progress(fraction,
     text)`` is called after every denoising step. Files go to ``output_dir`` (default: a new temporary folder).
     Raises ``ValueError`` / ``FileNotFoundError`` with one line naming the input.
@@ -247,6 +248,8 @@ def generate(
         raise ValueError(f"`CFG scale` must be a number >= 0, got {guidance_scale!r}.")
 
     # 2. Guidance and reference
+    if num_frames is None and guidance_source in GUIDANCE_SOURCES:
+        num_frames = frame_limits(guidance_source)[0]
     guidance = load_guidance(guidance_source, pipe.guidance_types, num_frames, motion_seed, pipe.vae.config.sample_size)
     reference = guidance.reference if reference_image is None else as_rgb_image(reference_image)
 

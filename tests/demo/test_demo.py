@@ -74,6 +74,12 @@ def test_generate_along_a_synthdance_motion(tmp_path):
     assert iio.imread(result.video_path).shape == (2, 64, 64, 3)
 
 
+def test_the_frame_count_defaults_to_the_whole_demo_video(tmp_path):
+    assert demo.frame_limits(DEMO_VIDEO) == (17, 17) and demo.frame_limits(SYNTHDANCE) == (16, 48)
+    result = generate(MODELS, None, steps=1, output_dir=tmp_path)
+    assert result.num_frames == 17 == iio.imread(result.video_path).shape[0]
+
+
 @pytest.mark.parametrize("arguments, message", [
     (dict(steps=0), "`steps` must be an integer from 1 to 8 for the student, got 0."),
     (dict(steps=9), "`steps` must be an integer from 1 to 8 for the student, got 9."),
