@@ -93,9 +93,13 @@ def test_animate_in_the_browser(chromium, app_url, tmp_path):
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(app_url, wait_until="domcontentloaded")
-            # The bundled demo's reference is pre-filled; the upload replaces it.
-            page.wait_for_function("() => document.querySelector('#reference img')?.naturalWidth > 0", timeout=60_000)
+            # The bundled demo's reference is pre-filled; the upload replaces it (wait until it shows).
+            shown = "() => document.querySelector('#reference img')?.naturalWidth > 0"
+            page.wait_for_function(shown, timeout=60_000)
+            prefilled = page.get_attribute("#reference img", "src")
             page.set_input_files("#reference input[type=file]", str(upload))
+            replaced = f"() => ({shown})() && document.querySelector('#reference img').src !== {prefilled!r}"
+            page.wait_for_function(replaced, timeout=60_000)
             frames = page.locator("#frames input[type=number]")
             frames.fill(str(NUM_FRAMES))
             frames.press("Enter")
