@@ -29,6 +29,9 @@ class BuildPyWithBundledModel(build_py):
             shutil.copytree(ROOT / source, destination)
 
 
+DEMO_REQUIREMENTS = ["gradio==6.31.0"]  # the version the web demo and its browser test are tested with
+BROWSER_TEST_REQUIREMENTS = ["playwright==1.65.3"]  # drives Debian's Chromium (apt-get install chromium)
+
 setup(
     name="referencelcm",
     version="0.1.0",
@@ -58,7 +61,8 @@ setup(
     ],
     extras_require={
         "xformers": ["xformers"],
-        "test": ["pytest>=7", "pytest-xdist", "pyyaml", "matplotlib"],
+        "test": ["pytest>=7", "pytest-xdist", "pyyaml", "matplotlib", *DEMO_REQUIREMENTS, *BROWSER_TEST_REQUIREMENTS],
+        "demo": DEMO_REQUIREMENTS,
         "plot": ["matplotlib"],
         "tracking": ["tensorboard"],
     },

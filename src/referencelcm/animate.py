@@ -40,6 +40,8 @@ BUNDLED_MODELS = (PACKAGE_DATA / "student", REPOSITORY_ROOT / "models" / "studen
 BUNDLED_DEMOS = (PACKAGE_DATA / "demo", REPOSITORY_ROOT / "assets" / "demo")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi")  # containers ffmpeg writes with the H.264 codec export_to_video uses
+STUDENT_STEPS, STUDENT_GUIDANCE_SCALE = 4, 1.0
+TEACHER_STEPS, TEACHER_GUIDANCE_SCALE = 20, 3.5  # Champ's sampling: 20 DDIM steps with CFG 3.5
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -124,9 +126,12 @@ def default_demo_video() -> Path:
 def write_video(frames: list[np.ndarray] | list[PIL.Image.Image], path: str | os.PathLike, fps: int) -> Path:
     """Write a video atomically (temporary file in the same folder, then rename); returns the path.
 
-    On failure nothing is left: neither the temporary file nor the folders created for it. Errors name the file the
-    caller asked for, never the temporary one.
+    ``frames`` are PIL images, float ``(H, W, 3)`` arrays in ``[0, 1]`` or uint8 ``(H, W, 3)`` arrays. On failure
+    nothing is left: neither the temporary file nor the folders created for it. Errors name the file the caller
+    asked for, never the temporary one.
     """
+    if isinstance(frames[0], np.ndarray) and frames[0].dtype == np.uint8:
+        frames = [PIL.Image.fromarray(frame) for frame in frames]  # export_to_video scales arrays by 255
     path = Path(path)
     created = missing_parents(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,6 +149,13 @@ def write_video(frames: list[np.ndarray] | list[PIL.Image.Image], path: str | os
         if os.path.exists(temporary):
             os.remove(temporary)
     return path
+
+
+def default_sampling(pipe) -> tuple[int, float]:
+    """``(steps, guidance scale)`` for ``pipe``: 4 steps without CFG for an LCM student, else 20 steps with CFG 3.5."""
+    if isinstance(pipe.scheduler, LCMScheduler):
+        return STUDENT_STEPS, STUDENT_GUIDANCE_SCALE
+    return TEACHER_STEPS, TEACHER_GUIDANCE_SCALE
 
 
 def side_by_side(reference: PIL.Image.Image, guidance: dict[str, list[PIL.Image.Image]], video: np.ndarray) -> list[np.ndarray]:
@@ -174,6 +186,18 @@ def check_arguments(args: argparse.Namespace) -> slice | None:
         if path is not None and not os.path.exists(path):
             raise FileNotFoundError(f"{flag} {path}: no such file or folder.")
     return parse_frame_range(args.frames)
+
+
+def write_outputs(
+    reference: PIL.Image.Image, guidance: dict[str, list[PIL.Image.Image]], video: np.ndarray,
+    output: str | os.PathLike, fps: int, grid: bool = True,
+) -> tuple[Path, Path | None]:
+    """Writes ``output`` (the video ``(F, H, W, 3)`` in ``[0, 1]``) and, with ``grid``, ``<output>_grid.mp4``
+    (reference | guidance maps | result); returns both paths (the grid's is ``None`` without ``grid``)."""
+    path = write_video(list(video), output, fps)
+    if not grid:
+        return path, None
+    return path, write_video(side_by_side(reference, guidance, video), path.with_name(f"{path.stem}_grid.mp4"), fps)
 
 
 def read_guidance(
@@ -213,10 +237,9 @@ def run(args: argparse.Namespace) -> int:
     reference = read_image("--reference", args.reference)
 
     # 3. animate
-    is_student = isinstance(pipe.scheduler, LCMScheduler)
-    default_steps = 4 if is_student else 20
+    default_steps, default_guidance_scale = default_sampling(pipe)
     steps = len(args.timesteps) if args.timesteps else (default_steps if args.steps is None else args.steps)
-    guidance_scale = args.guidance_scale if args.guidance_scale is not None else (1.0 if is_student else 3.5)
+    guidance_scale = args.guidance_scale if args.guidance_scale is not None else default_guidance_scale
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
     video = pipe(
         reference, guidance, num_inference_steps=steps, timesteps=args.timesteps, guidance_scale=guidance_scale,
@@ -224,10 +247,9 @@ def run(args: argparse.Namespace) -> int:
     ).frames[0]
 
     # 4. write
-    path = write_video(list(video), args.output, args.fps)
+    path, grid_path = write_outputs(reference, guidance, video, args.output, args.fps, args.grid)
     schedule = f"timesteps {args.timesteps}" if args.timesteps else f"{steps} steps"
     print(f"referencelcm: wrote {len(video)} frames ({schedule}, guidance scale {guidance_scale}) to {path}")
-    if args.grid:
-        grid_path = write_video(side_by_side(reference, guidance, video), path.with_name(f"{path.stem}_grid.mp4"), args.fps)
+    if grid_path is not None:
         print(f"referencelcm: wrote the side-by-side grid to {grid_path}")
     return 0

@@ -1,4 +1,4 @@
-"""The ``referencelcm`` command line: ``animate``, ``synth``, ``convert-champ``.
+"""The ``referencelcm`` command line: ``animate``, ``synth``, ``convert-champ``, ``demo``.
 
 Every sub-command lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``; this file only
 dispatches. Bad input (``ValueError``, ``FileNotFoundError``) is printed as one line and exits with status 2.
@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "animate": ("referencelcm.animate", "animate a reference image with a pose-guidance folder"),
     "synth": ("referencelcm.data.synthdance.cli", "generate a SynthDance dataset in Champ's layout"),
     "convert-champ": ("referencelcm.convert.champ", "convert Champ checkpoints into a pipeline folder"),
+    "demo": ("referencelcm.demo", "start the web demo (Gradio): animate in the browser"),
 }
 
 

@@ -3,11 +3,12 @@ import sys
 from pathlib import Path
 
 import imageio.v3 as iio
+import numpy as np
 import pytest
 import torch
 
 from referencelcm import ReferenceLCMPipeline
-from referencelcm.animate import parse_frame_range
+from referencelcm.animate import parse_frame_range, write_video
 from referencelcm.cli import main
 from referencelcm.data.synthdance import generate_dataset
 
@@ -42,6 +43,12 @@ def test_animate_writes_video_and_grid(tmp_path, video_dir, model_dir):
     grid = iio.imread(output.with_name("result_grid.mp4"))
     assert grid.shape[0] == 3 and grid.shape[2] > frames.shape[2] * 5  # reference | 4 maps | result
     assert not [p for p in output.parent.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_write_video_keeps_the_colours_of_uint8_frames(tmp_path):
+    """The grid's frames are uint8: written as they are, not scaled by 255 again (which inverted them)."""
+    frames = [np.full((16, 16, 3), 200, dtype=np.uint8)] * 2
+    assert abs(float(iio.imread(write_video(frames, tmp_path / "grey.mp4", fps=12)).mean()) - 200) < 3
 
 
 def test_missing_guidance_type_is_named(tmp_path, video_dir, model_dir, capsys):
