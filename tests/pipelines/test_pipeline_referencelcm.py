@@ -243,7 +243,7 @@ def test_guidance_as_pil_numpy_and_torch_agree(pipe, inputs):
 def test_save_load_round_trip(tmp_path, pipe, inputs):
     randomize_guidance_encoder(pipe.guidance_encoder)
     pipe.register_to_config(motion_norm_mode="frame")
-    pipe._install_hooks("sdpa")
+    pipe._install_hooks()
     expected = generate(pipe, inputs)
     pipe.save_pretrained(tmp_path)
     loaded = ReferenceLCMPipeline.from_pretrained(tmp_path)

@@ -12,6 +12,7 @@ from diffusers import AutoencoderKL, DiffusionPipeline, LCMScheduler, UNet2DCond
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
 from diffusers.schedulers import SchedulerMixin
+from diffusers.utils.import_utils import is_xformers_available
 from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 from einops import rearrange
@@ -71,7 +72,7 @@ class ReferenceLCMPipeline(DiffusionPipeline):
         self.vae_scale_factor = 2 ** (len(_vae_block_channels(vae)) - 1)
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor)
         self._check_components()
-        self._install_hooks("sdpa")
+        self._install_hooks()
 
     # -- setup ---------------------------------------------------------------------------------------------------
 
@@ -90,26 +91,19 @@ class ReferenceLCMPipeline(DiffusionPipeline):
             )
         check_reference_pairing(self.reference_unet, self.denoising_unet)
 
-    def _install_hooks(self, attention_backend: str) -> None:
-        # Idempotent: re-run after anything that replaces processors or modules (xformers toggles, config changes).
-        install_reference_attention(self.reference_unet, "write", attention_backend)
-        install_reference_attention(self.denoising_unet, "read", attention_backend)
+    def _install_hooks(self) -> None:
+        # Idempotent: re-run after anything that replaces modules or the motion norm mode. Attention processors are
+        # not part of it: the reference pathway is a module hook that any processor keeps (reference_attention.py).
+        install_reference_attention(self.reference_unet, "write")
+        install_reference_attention(self.denoising_unet, "read")
         install_guidance_injection(self.denoising_unet)
         set_motion_norm_mode(self.denoising_unet, self.config.motion_norm_mode)
 
     def enable_xformers_memory_efficient_attention(self, attention_op: Callable | None = None) -> None:
-        """Run reference and motion attention with xformers (``pip install 'referencelcm[xformers]'``).
-
-        diffusers' default would replace the reference processors with plain ones, so this re-installs them with
-        the xformers backend instead. ``attention_op`` is not supported and must be ``None``.
-        """
-        if attention_op is not None:
-            raise ValueError("`attention_op` is not supported by the reference attention processors; pass None.")
-        self._install_hooks("xformers")
-
-    def disable_xformers_memory_efficient_attention(self) -> None:
-        """Go back to PyTorch's ``scaled_dot_product_attention``."""
-        self._install_hooks("sdpa")
+        """diffusers' xformers attention (``pip install 'referencelcm[xformers]'``); the reference pathway stays."""
+        if not is_xformers_available():
+            raise ValueError("xformers attention needs the xformers package: pip install 'referencelcm[xformers]'.")
+        super().enable_xformers_memory_efficient_attention(attention_op)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "ReferenceLCMPipeline":
