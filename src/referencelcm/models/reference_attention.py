@@ -77,7 +77,7 @@ class ReferenceAttentionHook:
     Registered by :func:`install_reference_attention` (``register_forward_pre_hook(hook, with_kwargs=True)``). It takes
     ``reference_bank`` out of the call's keyword arguments (so the attention processor never sees it) and, by mode:
 
-    - ``"write"`` (R-UNet ``attn1``): stores the layer's input ``(B, N, C)`` — the output of ``norm1`` — in the bank.
+    - ``"write"`` (R-UNet ``attn1``): stores the layer's input ``(B, N, C)`` (the output of ``norm1``) in the bank.
     - ``"read"`` (D-UNet ``attn1``): passes ``encoder_hidden_states = [own ; reference]`` ``(B*F, N + M, C)``, the
       reference tokens broadcast to every frame, so the processor's ``to_k`` / ``to_v`` see both; samples the bank
       drops get an additive mask ``(B*F, 1, N + M)`` of ``-inf`` on the reference part: plain self-attention.
