@@ -227,7 +227,9 @@ class ReferenceLCMPipeline(DiffusionPipeline):
             )
         frame_counts = [next(iter(maps.values())).shape[0] for maps in guidance_batch]
         if len(set(frame_counts)) > 1:
-            raise ValueError(f"Every video of a batch must have one number of frames; `guidance` has {frame_counts}.")
+            raise ValueError(
+                f"Every video of a batch must have the same number of frames; `guidance` has {frame_counts}."
+            )
         if type(num_videos_per_prompt) is not int or num_videos_per_prompt < 1:
             raise ValueError(f"`num_videos_per_prompt` must be an integer >= 1, got {num_videos_per_prompt!r}.")
         num_videos = max(num_references, num_guidance) * num_videos_per_prompt
