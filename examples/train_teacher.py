@@ -250,7 +250,7 @@ def build_pipeline(args) -> ReferenceLCMPipeline:
 
 
 def with_denoising_unet(pipe: ReferenceLCMPipeline, unet: torch.nn.Module) -> ReferenceLCMPipeline:
-    """The same components with another D-UNet (processors and guidance injection installed anew)."""
+    """The same components with another D-UNet (reference hooks and guidance injection installed anew)."""
     components = dict(pipe.components, denoising_unet=unet)
     return ReferenceLCMPipeline(**components, motion_norm_mode=pipe.config.motion_norm_mode)
 
