@@ -608,8 +608,8 @@ def test_champ_config_gives_heads_scheduler_and_guidance_types(tmp_path, capsys,
     assert "guidance types: ('dwpose', 'depth') (`guidance_types`)" in printed
     assert "guidance encoder heads: 8, Champ's GuidanceEncoder default (no `guidance_encoder_kwargs" in printed
     assert "scheduler DDIM, beta_schedule=linear, v_prediction, zero-terminal-SNR, trailing spacing" in printed
-    assert "guidance_encoder_kwargs ['block_out_channels', 'guidance_embedding_channels', 'guidance_input_channels']: " \
-        "equal to the weights' (checked, not taken)" in printed
+    checked = ['block_out_channels', 'guidance_embedding_channels', 'guidance_input_channels']
+    assert f"guidance_encoder_kwargs {checked}: equal to the weights' (checked, not taken)" in printed
 
     scheduler = json.loads((tmp_path / "out" / "scheduler" / "scheduler_config.json").read_text())
     assert (scheduler["beta_schedule"], scheduler["prediction_type"], scheduler["timestep_spacing"]) == (

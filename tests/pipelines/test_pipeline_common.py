@@ -1,4 +1,4 @@
-"""diffusers' common pipeline checks (``PipelineTesterMixin`` in diffusers' ``tests/pipelines/test_pipelines_common.py``)
+"""diffusers' common pipeline checks (``PipelineTesterMixin``, diffusers' ``tests/pipelines/test_pipelines_common.py``)
 on tiny components, written for this project (diffusers' test files are not installed with diffusers).
 
 Each test names the mixin test it mirrors. Like the mixin, most of them first call ``set_default_attn_processor()`` on
@@ -206,7 +206,7 @@ class TestReferenceLCMPipelineCommon:
         """Mirrors ``test_serialization_with_variants``, ``test_loading_with_variants`` and
         ``test_loading_with_incorrect_variants_raises_error``."""
         pipe = self.pipeline_class(**self.get_dummy_components())
-        models = {name: component for name, component in pipe.components.items() if isinstance(component, torch.nn.Module)}
+        models = {name: model for name, model in pipe.components.items() if isinstance(model, torch.nn.Module)}
         pipe.save_pretrained(tmp_path / "variant", variant="fp16", safe_serialization=False)
         config = json.loads((tmp_path / "variant" / "model_index.json").read_text())
         for name in models:

@@ -30,7 +30,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 import diffusers
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel, UNetMotionModel
+from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel, UNetMotionModel
 from diffusers.utils import logging as diffusers_logging
 from safetensors.torch import load_file
 from torch import nn

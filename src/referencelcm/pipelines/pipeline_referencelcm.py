@@ -512,8 +512,9 @@ class ReferenceLCMPipeline(DiffusionPipeline):
         self._num_timesteps = len(timesteps)
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for step_index, timestep in enumerate(timesteps):
-                model_output = self.predict(
-                    latents, timestep, image_embeds, bank, guidance_features, timestep_cond, self.guidance_scale, windows
+                model_output = self.predict(  # self.guidance_scale: a step-end callback may change it
+                    latents, timestep, image_embeds, bank, guidance_features, timestep_cond, self.guidance_scale,
+                    windows,
                 )
                 latents = self.scheduler.step(model_output, timestep, latents, **step_kwargs, return_dict=False)[0]
                 if callback_on_step_end is not None:
