@@ -55,6 +55,7 @@ setup(
         "imageio>=2.30",
         "imageio-ffmpeg>=0.5",
         "einops>=0.7",
+        "pyyaml",  # convert-champ --champ-config, train_teacher.py --model_config *.yaml
         "tqdm",
         "pillow",
         "numpy",

@@ -3,6 +3,7 @@
     python benchmarks/bench_inference.py                       # tiny random configs, CPU, < 1 min
     python benchmarks/bench_inference.py --size sd15 --frames 24 --resolution 512     # SD1.5-sized, fp16 on GPU
     python benchmarks/bench_inference.py --model out/teacher   # a saved pipeline folder
+    python benchmarks/bench_inference.py --compile             # + a row with torch.compile(pipe.denoising_unet)
 
 Teacher and student are one set of weights with the scheduler swapped (``DDIMScheduler.from_config`` ↔
 ``LCMScheduler.from_config``), so the difference is the sampling recipe alone. The first table gives, per mode, the
@@ -14,7 +15,10 @@ over that sum. The second table gives peak memory of one call per setting (one s
 included, is what sets the peak), each in a fresh subprocess: CUDA
 ``max_memory_allocated`` on GPU; on CPU the process's peak resident set size (``resource.getrusage`` ``ru_maxrss``,
 which includes Python, torch and the weights) and its increase during the call over the RSS just before it.
-Random weights: speed only, the images are noise. Not part of the test suite.
+``--compile`` adds a row: the 4-step student with ``pipe.denoising_unet = torch.compile(pipe.denoising_unet)``
+(diffusers' documented speed-up; default backend, inductor), its compilation (the first call) timed apart, and its
+output's largest difference from the eager row's. Random weights: speed only, the images are noise. Not part of the
+test suite.
 """
 
 from __future__ import annotations
@@ -162,6 +166,7 @@ class ForwardTimer:
     def __init__(self, pipe: ReferenceLCMPipeline):
         self.device = pipe._execution_device
         self.log = ForwardLog.empty()
+        self.wrapped: list[tuple[torch.nn.Module, str]] = []
         targets = [
             (pipe.image_encoder, "forward", "image_encoder"),
             (pipe.reference_unet, "forward", "reference_unet"),
@@ -171,7 +176,17 @@ class ForwardTimer:
             (pipe.vae, "decode", "vae_decode"),
         ]
         for module, method, label in targets:
-            setattr(module, method, self._wrap(getattr(module, method), label))
+            self.watch(module, method, label)
+
+    def watch(self, module: torch.nn.Module, method: str, label: str) -> None:
+        setattr(module, method, self._wrap(getattr(module, method), label))
+        self.wrapped.append((module, method))
+
+    def unwatch(self, module: torch.nn.Module) -> None:
+        """Give ``module`` its own methods back (e.g. before ``torch.compile`` traces it)."""
+        for method in [method for watched, method in self.wrapped if watched is module]:
+            delattr(module, method)
+        self.wrapped = [(watched, method) for watched, method in self.wrapped if watched is not module]
 
     def _synchronize(self) -> None:
         if self.device.type == "cuda":
@@ -200,17 +215,24 @@ class ForwardTimer:
 
 
 def timed_call(pipe: ReferenceLCMPipeline, inputs: dict, steps: int, guidance_scale: float, args) -> float:
+    return timed_output(pipe, inputs, steps, guidance_scale, args)[0]
+
+
+def timed_output(
+    pipe: ReferenceLCMPipeline, inputs: dict, steps: int, guidance_scale: float, args
+) -> tuple[float, torch.Tensor]:
+    """Seconds of one call and its frames ``(1, F, 3, H, W)``."""
     device = pipe._execution_device
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    pipe(
+    frames = pipe(
         **inputs, num_inference_steps=steps, guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(0),
         context_frames=args.context_frames, context_overlap=args.context_overlap, output_type="pt",
-    )
+    ).frames
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, frames
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -232,20 +254,43 @@ def measure_speed(pipe: ReferenceLCMPipeline, args: argparse.Namespace) -> list[
     for label, mode, steps, guidance_scale in modes():
         set_mode(pipe, mode)
         timed_call(pipe, inputs, steps, guidance_scale, args)  # warm-up
-        timer.reset()
-        seconds, logs = [], []
-        for _ in range(args.repeats):
-            seconds.append(timed_call(pipe, inputs, steps, guidance_scale, args))
-            logs.append(timer.reset())
-        median_index = sorted(range(len(seconds)), key=seconds.__getitem__)[len(seconds) // 2]
-        log = logs[median_index]
-        model_seconds = sum(log.seconds.values())
-        rows.append(dict(
-            label=label, seconds=seconds[median_index], unet_per_frame=log.denoising_frames / args.frames,
-            model_seconds=model_seconds, overhead_seconds=seconds[median_index] - model_seconds,
-            denoising_seconds=log.seconds["denoising_unet"],
-        ))
+        rows.append(measure_mode(pipe, timer, inputs, label, steps, guidance_scale, args))
+    if args.compile:
+        rows.append(measure_compiled(pipe, timer, inputs, args))
     return rows
+
+
+def measure_mode(pipe, timer: ForwardTimer, inputs: dict, label: str, steps: int, guidance_scale: float, args) -> dict:
+    """The median of ``--repeats`` calls (after the caller's warm-up) and its model forward times."""
+    timer.reset()
+    seconds, logs = [], []
+    for _ in range(args.repeats):
+        seconds.append(timed_call(pipe, inputs, steps, guidance_scale, args))
+        logs.append(timer.reset())
+    median_index = sorted(range(len(seconds)), key=seconds.__getitem__)[len(seconds) // 2]
+    log = logs[median_index]
+    model_seconds = sum(log.seconds.values())
+    return dict(
+        label=label, seconds=seconds[median_index], unet_per_frame=log.denoising_frames / args.frames,
+        model_seconds=model_seconds, overhead_seconds=seconds[median_index] - model_seconds,
+        denoising_seconds=log.seconds["denoising_unet"],
+    )
+
+
+def measure_compiled(pipe: ReferenceLCMPipeline, timer: ForwardTimer, inputs: dict, args) -> dict:
+    """The 4-step student with ``pipe.denoising_unet = torch.compile(pipe.denoising_unet)`` (reference and guidance
+    hooks inside the compiled graph); the first call (compilation) is timed apart and its output compared."""
+    set_mode(pipe, "student")
+    steps = STUDENT_STEPS[0]
+    _, eager = timed_output(pipe, inputs, steps, 1.0, args)
+    timer.unwatch(pipe.denoising_unet)  # compile the UNet's own forward, then time the compiled module's
+    pipe.denoising_unet = torch.compile(pipe.denoising_unet)
+    timer.watch(pipe.denoising_unet, "forward", "denoising_unet")
+    compile_seconds, compiled = timed_output(pipe, inputs, steps, 1.0, args)
+    row = measure_mode(pipe, timer, inputs, f"student LCM {steps} + compile", steps, 1.0, args)
+    difference = (compiled.float() - eager.float()).abs().max().item()
+    row["note"] = f"first call (compilation) {compile_seconds:.1f} s; max |compiled - eager| = {difference:.1e}"
+    return row
 
 
 def current_rss() -> int:
@@ -332,6 +377,9 @@ def print_speed_table(rows: list[dict], args: argparse.Namespace, device: torch.
         print(f"| {row['label']:<27} | {row['seconds']:>9.4f} | {ratio:>14.2f} | {row['unet_per_frame']:>18.2f} | "
               f"{row['model_seconds']:>11.4f} | {row['denoising_seconds']:>9.4f} | {row['overhead_seconds']:>10.4f} | "
               f"{overhead_percent:>10.1f} |")
+    for row in rows:
+        if "note" in row:
+            print(f"{row['label']}: {row['note']}")
 
 
 def print_memory_table(rows: list[dict], device: torch.device) -> None:
@@ -361,6 +409,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default); on a shared "
                         "CPU more threads than free cores make spin-waiting kernels many times slower")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compile", action="store_true", help="add a row with torch.compile(pipe.denoising_unet) "
+                        "(compilation takes minutes on a CPU)")
     parser.add_argument("--probe_mode", default=None, help=argparse.SUPPRESS)  # internal: one memory measurement
     args = parser.parse_args(argv)
     for name in ("frames", "repeats", "context_frames"):

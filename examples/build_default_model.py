@@ -54,7 +54,8 @@ SHIPPED_ENTRIES = ("model_index.json", "README.md", "vae", "image_encoder", "fea
 
 @dataclass(frozen=True)
 class Preset:
-    """Sizes and budgets of one build. ``model_config`` holds ``build_components`` arguments (the teacher's sizes)."""
+    """Sizes and budgets of one build. ``model_config`` holds ``build_components`` arguments (the teacher's sizes,
+    from ``examples/configs/``: ``default.json`` is the bundled model's, ``tiny.json`` the tests')."""
 
     resolution: int
     train_videos: int
@@ -88,18 +89,18 @@ class Preset:
     checkpointing_steps: int = 250
 
 
-GUIDANCE_TYPES = ["depth", "normal", "semantic_map", "dwpose"]
+def read_model_config(name: str) -> dict:
+    """Component sizes (``build_components`` arguments) from the shipped ``examples/configs/<name>``."""
+    return json.loads((EXAMPLES / "configs" / name).read_text())
+
+
 PRESETS = {
     # 64 px frames, 16 × 16 latents, a 2.7M-parameter D-UNet: the whole build fits 90 minutes on 2 cores. The guidance
     # encoders are kept narrow so that the D-UNet dominates inference time (measured: with (32, 64, 128) they cost
     # twice a D-UNet step per frame, which capped the teacher/student speed ratio near 5×).
     "default": Preset(
         resolution=64, train_videos=64, train_frames=32, test_videos=24, test_frames=17, clip_frames=8,
-        model_config=dict(
-            image_size=64, guidance_types=GUIDANCE_TYPES, unet_block_out_channels=[48, 96],
-            vae_block_out_channels=[8, 16, 32], guidance_block_out_channels=[8, 16, 32], cross_attention_dim=32,
-            norm_num_groups=8, attention_head_dim=8, layers_per_block=1, motion_num_attention_heads=4,
-        ),
+        model_config=read_model_config("default.json"),
         vae=dict(max_train_steps=1500, train_batch_size=8, learning_rate=1e-3),
         teacher_image=dict(max_train_steps=3600, train_batch_size=8, learning_rate=2e-4),
         teacher_video=dict(max_train_steps=400, train_batch_size=2, learning_rate=2e-4),
@@ -112,10 +113,7 @@ PRESETS = {
     # Toy sizes for the test suite: every stage runs, nothing is learnt.
     "smoke": Preset(
         resolution=32, train_videos=3, train_frames=6, test_videos=1, test_frames=4, clip_frames=3,
-        model_config=dict(
-            image_size=32, guidance_types=["depth", "dwpose"], unet_block_out_channels=[8, 16],
-            vae_block_out_channels=[8, 16], cross_attention_dim=16, norm_num_groups=2,
-        ),
+        model_config=read_model_config("tiny.json"),
         vae=dict(max_train_steps=2, train_batch_size=2, learning_rate=1e-3),
         teacher_image=dict(max_train_steps=2, train_batch_size=2, learning_rate=1e-4),
         teacher_video=dict(max_train_steps=2, train_batch_size=1, learning_rate=1e-4),
@@ -290,7 +288,8 @@ def train_teacher(build: Build) -> None:
     build.timed(TEACHER_STAGES[1], run_script, build, "train_teacher.py", image, preset.teacher_image,
                 ["--stage", "image", "--pretrained_model", str(vae)])
     build.timed(TEACHER_STAGES[2], run_script, build, "train_teacher.py", teacher, preset.teacher_video,
-                ["--stage", "video", "--pretrained_model", str(image), "--num_frames", str(preset.clip_frames)])
+                ["--stage", "video", "--pretrained_model", str(image), "--num_frames", str(preset.clip_frames),
+                 "--model_config", str(config_path)])  # its motion_* keys size the new motion adapter
 
 
 def check_vae_gate(build: Build, vae_dir: Path) -> None:

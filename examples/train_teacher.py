@@ -5,12 +5,14 @@ Every stage writes a complete teacher ``ReferenceLCMPipeline`` folder (DDIM, v-p
 timesteps; sample with ~20 steps and ``guidance_scale`` 3.5) that the next stage, ``train_cosec_lcd.py`` and
 ``ReferenceLCMPipeline.from_pretrained`` take:
 
-    # from scratch on SynthDance (``referencelcm synth``), with component sizes from a JSON/YAML file
-    python examples/train_teacher.py --stage vae --model_config sizes.json --train_data_dir DATA --output_dir out/vae
+    # from scratch on SynthDance (``referencelcm synth``), with component sizes from a JSON/YAML file:
+    # examples/configs/default.json (the bundled model's sizes) or tiny.json (the tests' sizes)
+    python examples/train_teacher.py --stage vae --model_config examples/configs/default.json --train_data_dir DATA \\
+        --output_dir out/vae
     python examples/train_teacher.py --stage image --pretrained_model out/vae --train_data_dir DATA \\
         --output_dir out/image
     python examples/train_teacher.py --stage video --pretrained_model out/image --train_data_dir DATA \\
-        --output_dir out/teacher --num_frames 16
+        --output_dir out/teacher --num_frames 16 --model_config examples/configs/default.json  # motion_* sizes
     # from SD1.5-style weights (Champ's starting point)
     accelerate launch examples/train_teacher.py --stage image --pretrained_unet_path SD15 --pretrained_vae_path VAE \\
         --image_encoder_path CLIP_IMAGE_ENCODER --train_data_dir DATA --output_dir out/image --resolution 512
@@ -104,8 +106,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--stage", choices=STAGES, required=True)
-    add("--model_config", default=None, help="JSON/YAML of component sizes (build_components' arguments); with "
-        "--pretrained_model only its motion_* keys apply (a new motion adapter).")
+    add("--model_config", default=None, help="JSON/YAML of component sizes (build_components' arguments), e.g. "
+        "examples/configs/default.json; with --pretrained_model only its motion_* keys apply (a new motion adapter).")
     add("--pretrained_model", default=None, help="Pipeline folder or Hub id to start from (previous stage).")
     add("--pretrained_unet_path", default=None, help="SD1.5-style folder (or its unet/) for both UNets.")
     add("--pretrained_vae_path", default=None, help="AutoencoderKL folder (or a folder with vae/).")
@@ -295,7 +297,7 @@ def build_pipeline(args) -> ReferenceLCMPipeline:
 
 
 def with_denoising_unet(pipe: ReferenceLCMPipeline, unet: torch.nn.Module) -> ReferenceLCMPipeline:
-    """The same components with another D-UNet (processors and guidance injection installed anew)."""
+    """The same components with another D-UNet (reference hooks and guidance injection installed anew)."""
     components = dict(pipe.components, denoising_unet=unet)
     return ReferenceLCMPipeline(**components, motion_norm_mode=pipe.config.motion_norm_mode)
 

@@ -22,7 +22,8 @@ from torch import nn
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from referencelcm import cli
-from referencelcm.convert import convert_champ
+from referencelcm.convert import convert_champ, read_champ_config
+from referencelcm.convert.champ_config import check_guidance_layout
 from referencelcm.models.guidance_encoder import MultiGuidanceEncoder
 from referencelcm.models.motion import set_motion_norm_mode
 
@@ -263,10 +264,12 @@ def write_champ_tree(
     guidance_channels: tuple = GUIDANCE_BLOCK_OUT_CHANNELS,
     groups: int = 32,
     position_tables: bool = True,
+    motion_heads: int = HEADS,
 ) -> dict:
     """Write a tiny ``pretrained_models/`` tree in Champ's layout; return the modules its files were written from.
 
-    ``groups`` is the group count of the Champ-format attentions and motion modules (Champ: 32), for widths below 32.
+    ``groups`` is the group count of the Champ-format attentions and motion modules (Champ: 32), for widths below 32;
+    ``motion_heads`` the motion modules' head count (Champ: 8; not stored in the weights).
     """
     checkpoints = root / "champ"
     checkpoints.mkdir(parents=True)
@@ -280,7 +283,7 @@ def write_champ_tree(
     motion_modules, motion_state_dict = {}, {}
     locations = _motion_locations(unet_config["block_out_channels"], unet_config["layers_per_block"])
     for seed, (prefix, width) in enumerate(locations):
-        motion_modules[prefix] = _randomise(ChampMotionModule(width, groups=groups), seed=100 + seed)
+        motion_modules[prefix] = _randomise(ChampMotionModule(width, motion_heads, groups=groups), seed=100 + seed)
         for key, value in motion_modules[prefix].state_dict().items():
             if position_tables or not key.endswith(".pe"):
                 motion_state_dict[f"{prefix}.{key}"] = value
@@ -548,3 +551,119 @@ def test_shape_only_checkpoints_with_small_groups_and_no_position_tables(tmp_pat
     image = torch.rand(3, 32, 32, generator=generator)
     frames = pipe(image, guidance, num_inference_steps=2, guidance_scale=3.5, output_type="np").frames
     assert frames.shape == (1, 2, 32, 32, 3)
+
+
+# -- Champ's inference.yaml (--champ-config) ----------------------------------------------------------------------
+
+# The structure of Champ's configs/inference/inference.yaml (same sections and keys), with this tree's sizes.
+CHAMP_INFERENCE_YAML = """\
+exp_name: Animation
+width: 512
+height: 512
+num_inference_steps: 20
+guidance_scale: 3.5
+enable_zero_snr: true
+weight_dtype: "fp16"
+guidance_types:
+  - 'dwpose'
+  - 'depth'
+noise_scheduler_kwargs:
+  num_train_timesteps: 1000
+  beta_start:          0.00085
+  beta_end:            0.012
+  beta_schedule:       "linear"
+  steps_offset:        1
+  clip_sample:         false
+unet_additional_kwargs:
+  use_inflated_groupnorm: true
+  use_motion_module: true
+  motion_module_type: Vanilla
+  motion_module_kwargs:
+    num_attention_heads: 4
+    num_transformer_block: 1
+    attention_block_types:
+    - Temporal_Self
+    - Temporal_Self
+    temporal_position_encoding: true
+    temporal_position_encoding_max_len: 16
+guidance_encoder_kwargs:
+  guidance_embedding_channels: 32
+  guidance_input_channels: 3
+  block_out_channels: [16, 32, 32, 64]
+"""
+
+
+def test_champ_config_gives_heads_scheduler_and_guidance_types(tmp_path, capsys, monkeypatch):
+    """Motion modules with 4 heads (not in the weights): converted with Champ's default 8 they are not Champ's; with
+    --champ-config they are, and the scheduler and guidance types come from the config too, each one reported."""
+    sources = write_champ_tree(tmp_path / "pretrained_models", motion_heads=4)
+    config = tmp_path / "inference.yaml"
+    config.write_text(CHAMP_INFERENCE_YAML)
+    monkeypatch.setattr(cli, "SUBCOMMANDS", {"convert-champ": cli.SUBCOMMANDS["convert-champ"]})
+    args = ["convert-champ", "--champ-dir", str(sources["root"]), "--champ-config", str(config)]
+    assert cli.main(args + ["--output", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert f"Settings from --champ-config {config}:" in printed
+    assert "motion module heads: 4 (`unet_additional_kwargs.motion_module_kwargs.num_attention_heads`)" in printed
+    assert "guidance types: ('dwpose', 'depth') (`guidance_types`)" in printed
+    assert "guidance encoder heads: 8, Champ's GuidanceEncoder default (no `guidance_encoder_kwargs" in printed
+    assert "scheduler DDIM, beta_schedule=linear, v_prediction, zero-terminal-SNR, trailing spacing" in printed
+    checked = ['block_out_channels', 'guidance_embedding_channels', 'guidance_input_channels']
+    assert f"guidance_encoder_kwargs {checked}: equal to the weights' (checked, not taken)" in printed
+
+    scheduler = json.loads((tmp_path / "out" / "scheduler" / "scheduler_config.json").read_text())
+    assert (scheduler["beta_schedule"], scheduler["prediction_type"], scheduler["timestep_spacing"]) == (
+        "linear", "v_prediction", "trailing")
+    assert scheduler["rescale_betas_zero_snr"] is True and scheduler["steps_offset"] == 1
+    encoder = MultiGuidanceEncoder.from_pretrained(tmp_path / "out" / "guidance_encoder")
+    assert tuple(encoder.config.guidance_types) == ("dwpose", "depth") and encoder.config.attention_num_heads == 8
+
+    prefix, champ = next(iter(sources["motion_modules"].items()))
+    width = champ.temporal_transformer.proj_in.in_features
+    video = torch.randn(1, width, 3, 2, 2, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        expected = rearrange(champ(video), "b c f h w -> (b f) c h w")
+
+    def motion_output(folder: Path) -> torch.Tensor:
+        unet = UNetMotionModel.from_pretrained(folder / "denoising_unet").eval()
+        set_motion_norm_mode(unet, "frame")  # what the pipeline re-applies on load
+        with torch.no_grad():
+            return unet.get_submodule(prefix)(rearrange(video, "b c f h w -> (b f) c h w"), num_frames=3)
+
+    torch.testing.assert_close(motion_output(tmp_path / "out"), expected, atol=1e-5, rtol=1e-5)
+    # The command line wins over the config (and says so); 8 heads do not reproduce these weights.
+    assert cli.main(args + ["--output", str(tmp_path / "eight"), "--motion-attention-heads", "8",
+                            "--beta-schedule", "scaled_linear"]) == 0
+    printed = capsys.readouterr().out
+    assert "motion module heads: 8 from the command line (the config's" in printed
+    assert "beta_schedule: 'scaled_linear' from the command line instead" in printed
+    assert (motion_output(tmp_path / "eight") - expected).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("unet_additional_kwargs:\n  motion_module_kwargs:\n    num_attention_heads: 0\n",
+         "`unet_additional_kwargs.motion_module_kwargs.num_attention_heads` must be a positive integer, got 0"),
+        ("noise_scheduler_kwargs:\n  beta_shedule: linear\n", "\\['beta_shedule'\\], which DDIMScheduler does not"),
+        ("guidance_types: depth\n", "`guidance_types` must be a non-empty list"),
+        ("- just\n- a list\n", "expected a YAML mapping"),
+    ],
+)
+def test_bad_champ_configs_name_the_key(tmp_path, text, message):
+    config = tmp_path / "inference.yaml"
+    config.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_champ_config(config)
+
+
+def test_champ_config_guidance_heads_and_layout_check(tmp_path):
+    config = tmp_path / "inference.yaml"
+    config.write_text("guidance_encoder_kwargs:\n  attention_num_heads: 4\n  block_out_channels: [16, 32, 96, 256]\n")
+    read = read_champ_config(config)
+    assert read.guidance_attention_heads == 4 and read.motion_attention_heads is None and read.scheduler_kwargs is None
+    assert "checked" in check_guidance_layout(read, {"block_out_channels": (16, 32, 96, 256)})
+    with pytest.raises(ValueError, match="`guidance_encoder_kwargs.block_out_channels` is \\[16, 32, 96, 256\\]"):
+        check_guidance_layout(read, {"block_out_channels": (16, 32, 32, 64)})
+    with pytest.raises(FileNotFoundError, match="--champ-config"):
+        read_champ_config(tmp_path / "missing.yaml")

@@ -31,17 +31,14 @@ from . import load_example
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "examples" / "train_teacher.py"
-TINY_SIZES = {
-    "image_size": 32, "guidance_types": ["depth", "dwpose"], "unet_block_out_channels": [8, 16],
-    "vae_block_out_channels": [8, 16], "cross_attention_dim": 16, "norm_num_groups": 2,
-}
+CONFIGS = REPO / "examples" / "configs"
+TINY_CONFIG = CONFIGS / "tiny.json"  # the shipped tiny sizes
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("teacher")
     generate_dataset(root / "data", num_videos=3, num_frames=6, resolution=32, seed=0, progress=False)
-    (root / "tiny.json").write_text(json.dumps(TINY_SIZES))
     return root
 
 
@@ -74,7 +71,7 @@ def state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def vae_output(workspace: Path) -> Path:
-    args = base_args(workspace, "vae", "vae") + ["--model_config", str(workspace / "tiny.json"),
+    args = base_args(workspace, "vae", "vae") + ["--model_config", str(TINY_CONFIG),
                                                  "--checkpointing_steps", "2", "--validation_steps", "2",
                                                  "--vae_crop_size", "16", "--vae_person_weight", "4"]
     environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -161,10 +158,29 @@ def test_video_stage_trains_only_new_motion_modules(image_output: Path, video_ou
 def test_from_scratch_both_unets_start_equal(workspace: Path, script):
     """As Champ's two UNets both start from SD1.5, a from-scratch R-UNet starts as a copy of the D-UNet."""
     pipe = script.build_pipeline(script.parse_args(base_args(workspace, "vae", "unused") + [
-        "--model_config", str(workspace / "tiny.json")]))
+        "--model_config", str(TINY_CONFIG)]))
     reference, denoising = state(pipe.reference_unet), state(pipe.denoising_unet)
     assert reference.keys() == denoising.keys()
     assert all(torch.equal(reference[key], denoising[key]) for key in reference)
+
+
+def test_shipped_default_config_has_the_bundled_teachers_sizes(script, tmp_path: Path):
+    """examples/configs/default.json through the script (stage vae's new components, stage video's new motion
+    adapter) gives every component of models/teacher its saved config; only trained values differ."""
+    args = script.parse_args(["--stage", "vae", "--train_data_dir", str(tmp_path), "--model_config",
+                              str(CONFIGS / "default.json")])
+    pipe = script.inflate(script.build_pipeline(args), args)  # what stage video then does to the D-UNet
+    trained_or_metadata = {"scaling_factor", "architectures", "dtype", "transformers_version"}
+    for name, component in pipe.components.items():
+        folder = REPO / "models" / "teacher" / name
+        saved_file = next(folder / file for file in ("config.json", "scheduler_config.json", "preprocessor_config.json")
+                          if (folder / file).is_file())
+        saved = json.loads(saved_file.read_text())
+        config = component if hasattr(component, "to_json_string") else component.config  # processor, transformers
+        built = json.loads(config.to_json_string() if hasattr(config, "to_json_string") else json.dumps(dict(config)))
+        differences = {key: (built[key], saved[key]) for key in saved.keys() & built.keys()
+                       if not key.startswith("_") and key not in trained_or_metadata and built[key] != saved[key]}
+        assert not differences, (name, differences)
 
 
 def test_model_config_errors_name_the_argument(workspace: Path, script, tmp_path: Path):

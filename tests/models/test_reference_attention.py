@@ -2,11 +2,10 @@ import logging
 
 import pytest
 import torch
-from diffusers.models.attention_processor import AttnProcessor2_0
 
 from referencelcm import ReferenceBank, install_reference_attention
 from referencelcm.models.injection import install_guidance_injection, run_denoising_unet
-from referencelcm.models.reference_attention import ReferenceAttnProcessor, spatial_self_attention_names
+from referencelcm.models.reference_attention import ReferenceAttentionHook, spatial_self_attention_names
 
 from ..conftest import build_components
 
@@ -35,11 +34,8 @@ def denoising_inputs(batch_size=2, num_frames=3, seed=1):
 
 
 def stock_output(unet, latents, timesteps, image_embeds):
-    """The D-UNet with diffusers' own attention processors everywhere: the no-reference ground truth."""
-    unet.set_attn_processor(AttnProcessor2_0())
-    output = run_denoising_unet(unet, latents, timesteps, image_embeds, None)
-    install_reference_attention(unet, "read")
-    return output
+    """The D-UNet without a reference bank (the hooks then do nothing): the no-reference ground truth."""
+    return run_denoising_unet(unet, latents, timesteps, image_embeds, None)
 
 
 @pytest.mark.parametrize("motion", [True, False])
@@ -134,11 +130,11 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         assert torch.allclose(plain[name], checkpointed[name], atol=1e-5), name
 
 
-def test_processor_rejects_unknown_mode_and_backend():
-    with pytest.raises(ValueError, match="mode"):
-        ReferenceAttnProcessor("x", mode="mirror")
-    with pytest.raises(ValueError, match="backend"):
-        ReferenceAttnProcessor("x", backend="flash9")
+def test_hook_rejects_an_unknown_mode():
+    with pytest.raises(ValueError, match="`mode` must be one of"):
+        ReferenceAttentionHook("x", mode="mirror")
+    with pytest.raises(ValueError, match="`mode` must be 'write' or 'read'"):
+        install_reference_attention(build_components(motion=False)["denoising_unet"], "plain")
 
 
 def test_bank_concatenation_for_guidance():

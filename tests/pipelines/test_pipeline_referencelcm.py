@@ -149,6 +149,92 @@ def test_guidance_scale_embedding_is_used():
     assert not torch.allclose(low, high, atol=1e-5)
 
 
+# -- batches -------------------------------------------------------------------------------------------------------
+
+
+def generators(*seeds):
+    return [torch.Generator().manual_seed(seed) for seed in seeds]
+
+
+@pytest.mark.parametrize("kwargs, guidance_scale", [({}, 1.0), ({"scheduler": "ddim"}, 2.5)])
+def test_a_batch_equals_its_single_video_calls(kwargs, guidance_scale):
+    pipe = make_pipe(**kwargs)
+    randomize_guidance_encoder(pipe.guidance_encoder)
+    first, second = make_inputs(2, seed=1), make_inputs(2, seed=2)
+    reference_batches = []
+    pipe.reference_unet.register_forward_pre_hook(lambda module, args: reference_batches.append(args[0].shape[0]))
+    guidance_calls = count_calls(pipe.guidance_encoder)
+    batch = pipe(
+        [first["reference_image"], second["reference_image"]], [first["guidance"], second["guidance"]],
+        num_inference_steps=2, guidance_scale=guidance_scale, generator=generators(10, 11), output_type="np",
+    ).frames
+    assert reference_batches == [2] and len(guidance_calls) == 1  # once per call, one row per reference
+    assert batch.shape == (2, 2, 32, 32, 3)
+    for video, inputs, seed in ((0, first, 10), (1, second, 11)):
+        single = pipe(**inputs, num_inference_steps=2, guidance_scale=guidance_scale, generator=generators(seed),
+                      output_type="np").frames
+        assert np.allclose(batch[video], single[0], atol=1e-5)
+
+
+def test_num_videos_per_prompt_reuses_each_reference():
+    pipe = make_pipe()
+    first, second = make_inputs(2, seed=1), make_inputs(2, seed=2)
+    reference_batches = []
+    pipe.reference_unet.register_forward_pre_hook(lambda module, args: reference_batches.append(args[0].shape[0]))
+    videos = pipe(
+        [first["reference_image"], second["reference_image"]], [first["guidance"], second["guidance"]],
+        num_inference_steps=2, num_videos_per_prompt=2, generator=generators(10, 12, 11, 13), output_type="latent",
+    ).frames
+    assert reference_batches == [2] and videos.shape == (4, 4, 2, 4, 4)
+    # videos 0, 1 animate the first reference, 2, 3 the second; each equals a single call with its generator
+    for video, inputs, seed in ((1, first, 12), (2, second, 11)):
+        single = pipe(**inputs, num_inference_steps=2, generator=generators(seed), output_type="latent").frames
+        assert torch.allclose(videos[video], single[0], atol=1e-5)
+    assert not torch.allclose(videos[0], videos[1], atol=1e-3)
+
+
+def test_a_single_reference_or_guidance_is_shared_by_the_batch(pipe):
+    randomize_guidance_encoder(pipe.guidance_encoder)
+    first, second = make_inputs(2, seed=1), make_inputs(2, seed=2)
+    reference_batches = []
+    pipe.reference_unet.register_forward_pre_hook(lambda module, args: reference_batches.append(args[0].shape[0]))
+    shared_reference = pipe(first["reference_image"], [first["guidance"], second["guidance"]], num_inference_steps=2,
+                            generator=generators(1, 2), output_type="latent").frames
+    shared_guidance = pipe([first["reference_image"], second["reference_image"]], first["guidance"],
+                           num_inference_steps=2, generator=generators(1, 2), output_type="latent").frames
+    assert reference_batches == [1, 2]
+    expected = pipe(first["reference_image"], second["guidance"], num_inference_steps=2, generator=generators(2),
+                    output_type="latent").frames
+    assert torch.allclose(shared_reference[1], expected[0], atol=1e-5)
+    expected = pipe(second["reference_image"], first["guidance"], num_inference_steps=2, generator=generators(2),
+                    output_type="latent").frames
+    assert torch.allclose(shared_guidance[1], expected[0], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda i: i.update(reference_image=[i["reference_image"]] * 2, guidance=[i["guidance"]] * 3),
+         "`reference_image` holds 2 images and `guidance` 3"),
+        (lambda i: i.update(reference_image=[]), "`reference_image` is an empty list"),
+        (lambda i: i.update(guidance=[i["guidance"], {"depth": i["guidance"]["depth"]}]),
+         "`guidance\\[1\\]` must hold exactly .* missing \\['dwpose'\\]"),
+        (lambda i: i.update(guidance=[i["guidance"], {k: v[:2] for k, v in i["guidance"].items()}]),
+         "same number of frames; `guidance` has \\[3, 2\\]"),
+        (lambda i: i.update(reference_image=[i["reference_image"], torch.rand(1, 3, 32, 32)]),
+         "`reference_image\\[1\\]` tensors must be \\(C, H, W\\)"),
+        (lambda i: i.update(generator=generators(0, 1)), "`generator` is a list of 2 generators, but the call makes 1"),
+        (lambda i: i.update(reference_image=[i["reference_image"]] * 2, num_videos_per_prompt=2,
+                            generator=generators(0, 1)), "makes 4 videos"),
+        (lambda i: i.update(num_videos_per_prompt=0), "`num_videos_per_prompt` must be an integer >= 1"),
+    ],
+)
+def test_bad_batches_raise_a_clear_error(pipe, inputs, change, message):
+    change(inputs)
+    with pytest.raises(ValueError, match=message):
+        pipe(**inputs, output_type="latent")
+
+
 # -- determinism, callbacks, decoding, dtype -----------------------------------------------------------------------
 
 
@@ -243,7 +329,7 @@ def test_guidance_as_pil_numpy_and_torch_agree(pipe, inputs):
 def test_save_load_round_trip(tmp_path, pipe, inputs):
     randomize_guidance_encoder(pipe.guidance_encoder)
     pipe.register_to_config(motion_norm_mode="frame")
-    pipe._install_hooks("sdpa")
+    pipe._install_hooks()
     expected = generate(pipe, inputs)
     pipe.save_pretrained(tmp_path)
     loaded = ReferenceLCMPipeline.from_pretrained(tmp_path)

@@ -29,7 +29,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 import diffusers
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel, UNetMotionModel
+from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel, UNetMotionModel
 from diffusers.utils import logging as diffusers_logging
 from torch import nn
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
@@ -37,9 +37,16 @@ from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 from ..arguments import check_at_least, check_output_folder
 from ..models.guidance_encoder import MultiGuidanceEncoder
 from ..models.motion import set_motion_norm_mode
-from ..pipelines.factory import TEACHER_SCHEDULER_CONFIG
 from ..pipelines.loading import check_component_folder
 from ..state_dicts import load_state_dict_file
+from .champ_config import (
+    BETA_SCHEDULES,
+    CHAMP_ATTENTION_HEADS,
+    check_guidance_layout,
+    describe_scheduler,
+    read_champ_config,
+    resolve_settings,
+)
 from .champ_keys import (
     MOTION_ALLOWED_MISSING,
     REFERENCE_UNET_ALLOWED_MISSING,
@@ -56,31 +63,10 @@ from .champ_keys import (
 )
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
-BETA_SCHEDULES = ("scaled_linear", "linear")
 MOTION_NORM_MODE = "frame"  # Champ's motion modules normalise each frame on its own (see models/motion.py)
 PIPELINE_CLASS_NAME = "ReferenceLCMPipeline"
-# Champ's GuidanceEncoder and motion modules use 8 heads (their defaults / configs/inference/inference.yaml);
-# head counts are not recorded in the weights.
-CHAMP_ATTENTION_HEADS = 8
 
 Logger = Callable[[str], None]
-
-
-# -- scheduler ---------------------------------------------------------------------------------------------------
-
-
-def champ_scheduler(beta_schedule: str = "scaled_linear") -> DDIMScheduler:
-    """Champ's sampler: DDIM with v-prediction, zero-terminal-SNR betas and trailing timesteps.
-
-    Champ trains both stages with ``beta_schedule="scaled_linear"`` (``train_s1.py``/``train_s2.py`` override the yaml
-    value before building the training scheduler), while ``configs/inference/inference.yaml`` and the validation
-    scheduler say ``"linear"`` (``inference.py`` switches to scaled_linear only after building its scheduler, so the
-    switch has no effect). The default here is the schedule the weights were trained with; ``"linear"`` reproduces
-    Champ's released inference script. ``set_alpha_to_one`` keeps diffusers' default (True), as Champ does.
-    """
-    if beta_schedule not in BETA_SCHEDULES:
-        raise ValueError(f"`beta_schedule` must be one of {BETA_SCHEDULES}, got {beta_schedule!r}.")
-    return DDIMScheduler(**{**TEACHER_SCHEDULER_CONFIG, "beta_schedule": beta_schedule})
 
 
 # -- input files -------------------------------------------------------------------------------------------------
@@ -211,21 +197,25 @@ class ConversionReport:
 
     output: Path
     dtype: str
-    beta_schedule: str
+    scheduler: str  # describe_scheduler()
     converted: list[tuple[str, str, int]] = field(default_factory=list)  # (component, source file, tensors)
     dropped: list[DroppedKeys] = field(default_factory=list)
     filled: list[FilledKeys] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    champ_config: Path | None = None
+    from_config: list[str] = field(default_factory=list)  # what came from --champ-config (or was defaulted)
 
     def format(self) -> str:
         """The report as printed by the CLI."""
         lines = [
             f"Converted Champ checkpoints into {self.output}",
-            f"  dtype {self.dtype}; scheduler DDIM, beta_schedule={self.beta_schedule}, v_prediction, "
-            f"zero-terminal-SNR, trailing; motion_norm_mode={MOTION_NORM_MODE}",
-            "Tensors converted (component <- file):",
+            f"  dtype {self.dtype}; scheduler {self.scheduler}; motion_norm_mode={MOTION_NORM_MODE}",
         ]
+        if self.champ_config is not None:
+            lines.append(f"Settings from --champ-config {self.champ_config}:")
+            lines += [f"  {line}" for line in self.from_config]
+        lines.append("Tensors converted (component <- file):")
         lines += [f"  {component:<17} {count:>6}  <- {source}" for component, source, count in self.converted]
         reasons = list(dict.fromkeys(entry.reason for entry in self.dropped))
         lines.append("Dropped keys (no destination, nothing lost):" if self.dropped else "Dropped keys: none")
@@ -524,14 +514,15 @@ def convert_champ(
     output: str | Path,
     *,
     dtype: str = "fp32",
-    beta_schedule: str = "scaled_linear",
+    beta_schedule: str | None = None,
     guidance_types: Sequence[str] | None = None,
     base_model: str | Path | None = None,
     vae: str | Path | None = None,
     image_encoder: str | Path | None = None,
     motion_module: str | Path | None = None,
-    guidance_attention_heads: int = CHAMP_ATTENTION_HEADS,
-    motion_attention_heads: int = CHAMP_ATTENTION_HEADS,
+    guidance_attention_heads: int | None = None,
+    motion_attention_heads: int | None = None,
+    champ_config: str | Path | None = None,
     overwrite: bool = False,
     log: Logger | None = print,
 ) -> ConversionReport:
@@ -541,10 +532,16 @@ def convert_champ(
         champ_dir: Champ's ``pretrained_models/`` (or its ``champ/`` subfolder).
         output: folder to create.
         dtype: ``"fp32"`` or ``"fp16"`` for every saved weight.
-        beta_schedule: ``"scaled_linear"`` (Champ's training schedule, default) or ``"linear"`` (its inference yaml).
-        guidance_types: guidance encoders to convert (any subset); ``None`` for every one found.
+        beta_schedule: ``"scaled_linear"`` (Champ's training schedule) or ``"linear"`` (its inference yaml);
+            ``None``: ``champ_config``'s, else ``"scaled_linear"``.
+        guidance_types: guidance encoders to convert (any subset); ``None``: ``champ_config``'s ``guidance_types``,
+            else every one found.
         base_model, vae, image_encoder, motion_module: override Champ's default locations.
-        guidance_attention_heads, motion_attention_heads: head counts (not stored in the weights; Champ uses 8).
+        guidance_attention_heads, motion_attention_heads: head counts (not stored in the weights); ``None``:
+            ``champ_config``'s, else Champ's 8.
+        champ_config: Champ's ``configs/inference/inference.yaml``: head counts, scheduler settings and guidance
+            types where the arguments above are ``None`` (see :mod:`referencelcm.convert.champ_config`); what it
+            gave is listed in the report.
         overwrite: replace a non-empty ``output``.
         log: progress messages (``None`` for quiet).
 
@@ -555,21 +552,34 @@ def convert_champ(
     log = log or (lambda message: None)
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {tuple(DTYPES)}, got {dtype!r}.")
-    check_at_least("--guidance-attention-heads", guidance_attention_heads, 1)
-    check_at_least("--motion-attention-heads", motion_attention_heads, 1)
-    scheduler = champ_scheduler(beta_schedule)
+    for flag, heads in (("--guidance-attention-heads", guidance_attention_heads),
+                        ("--motion-attention-heads", motion_attention_heads)):
+        if heads is not None:
+            check_at_least(flag, heads, 1)
+    config = None if champ_config is None else read_champ_config(champ_config)
+    settings = resolve_settings(
+        config,
+        guidance_types=guidance_types,
+        beta_schedule=beta_schedule,
+        guidance_attention_heads=guidance_attention_heads,
+        motion_attention_heads=motion_attention_heads,
+    )
+    scheduler = settings.scheduler
     output = Path(output)
     check_output(output, overwrite)
     paths = resolve_champ_paths(
         champ_dir,
-        guidance_types=guidance_types,
+        guidance_types=settings.guidance_types,
         base_model=base_model,
         vae=vae,
         image_encoder=image_encoder,
         motion_module=motion_module,
     )
     unet_config = dict(UNet2DConditionModel.load_config(paths.unet_config_dir))
-    report = ConversionReport(output=output, dtype=dtype, beta_schedule=beta_schedule)
+    report = ConversionReport(
+        output=output, dtype=dtype, scheduler=describe_scheduler(scheduler),
+        champ_config=None if config is None else config.path, from_config=settings.taken,
+    )
     torch_dtype = DTYPES[dtype]
     base = _BaseWeights(paths.base_unet_weights)
 
@@ -582,7 +592,11 @@ def convert_champ(
         log(f"guidance encoders <- {', '.join(path.name for path in paths.guidance_encoders.values())}")
         state_dicts = {name: load_champ_checkpoint(path) for name, path in paths.guidance_encoders.items()}
         sources = {name: path.name for name, path in paths.guidance_encoders.items()}
-        encoder = build_guidance_encoder(state_dicts, sources, report, attention_num_heads=guidance_attention_heads)
+        encoder = build_guidance_encoder(
+            state_dicts, sources, report, attention_num_heads=settings.guidance_attention_heads
+        )
+        checked = check_guidance_layout(config, encoder.config)
+        report.from_config += [checked] if checked else []
         _check_guidance_fits(encoder, unet_config, vae_factor)
         _save(encoder, staging / "guidance_encoder", torch_dtype)
         del encoder, state_dicts
@@ -600,7 +614,7 @@ def convert_champ(
             load_champ_checkpoint(paths.motion_module),
             (paths.denoising_unet.name, paths.motion_module.name),
             report,
-            motion_num_attention_heads=motion_attention_heads,
+            motion_num_attention_heads=settings.motion_attention_heads,
             base=base,
         )
         _save(unet, staging / "denoising_unet", torch_dtype)
@@ -653,11 +667,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--beta-schedule",
         choices=BETA_SCHEDULES,
-        default="scaled_linear",
-        help="DDIM beta schedule: scaled_linear (what Champ trained with; default) or linear (Champ's inference yaml)",
+        default=None,
+        help="DDIM beta schedule: scaled_linear (what Champ trained with; the default without --champ-config) or "
+        "linear (Champ's inference yaml)",
     )
     parser.add_argument(
-        "--guidance-types", nargs="+", default=None, help="guidance encoders to convert (default: every one found)"
+        "--guidance-types",
+        nargs="+",
+        default=None,
+        help="guidance encoders to convert (default: --champ-config's guidance_types, else every one found)",
     )
     parser.add_argument(
         "--base-model",
@@ -669,8 +687,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--image-encoder", default=None, help="CLIP image encoder folder (default: <champ-dir>/image_encoder)"
     )
     parser.add_argument("--motion-module", default=None, help="motion module file (default: <champ>/motion_module.pth)")
-    parser.add_argument("--guidance-attention-heads", type=int, default=CHAMP_ATTENTION_HEADS, help="Champ: 8")
-    parser.add_argument("--motion-attention-heads", type=int, default=CHAMP_ATTENTION_HEADS, help="Champ: 8")
+    parser.add_argument(
+        "--champ-config",
+        default=None,
+        help="Champ's configs/inference/inference.yaml: head counts, scheduler settings and guidance types wherever "
+        "--*-attention-heads, --beta-schedule, --guidance-types are not given (the report lists what was taken)",
+    )
+    parser.add_argument(
+        "--guidance-attention-heads", type=int, default=None, help="default: --champ-config's, else Champ's 8"
+    )
+    parser.add_argument(
+        "--motion-attention-heads", type=int, default=None, help="default: --champ-config's, else Champ's 8"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
 
 
@@ -688,6 +716,7 @@ def run(args: argparse.Namespace) -> int:
         motion_module=args.motion_module,
         guidance_attention_heads=args.guidance_attention_heads,
         motion_attention_heads=args.motion_attention_heads,
+        champ_config=args.champ_config,
         overwrite=args.overwrite,
     )
     print(report.format())

@@ -79,7 +79,7 @@ def run_denoising_unet(
     """One D-UNet evaluation ``F^D(x_t, t, c^p, F^R(I), c^I)`` (paper §2.1).
 
     Args:
-        unet: a ``UNet2DConditionModel`` or ``UNetMotionModel`` with reference read processors and guidance injection.
+        unet: a ``UNet2DConditionModel`` or ``UNetMotionModel`` with reference read hooks and guidance injection.
         latents: ``(B, C, F, h, w)`` (or ``(B, C, h, w)`` for a 2-D UNet).
         timesteps: ``(B,)`` or a scalar.
         image_embeds: ``(B, 1, D)`` CLIP image embeddings (zeros for the unconditional branch).

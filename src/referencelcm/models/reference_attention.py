@@ -6,9 +6,13 @@ module name.
 The same-named ``attn1`` of a D-UNet then attends with ``query = own tokens`` and ``key / value`` computed from
 ``[own tokens ; reference tokens]``; the reference tokens are broadcast to every frame.
 
-The bank travels explicitly through ``cross_attention_kwargs={"reference_bank": bank}``; processors keep no state.
-Every spatial attention of a UNet gets a processor from this module (``attn2`` a plain one), so diffusers never warns
-about an unexpected keyword. Motion modules keep their stock processors: diffusers does not pass them the kwargs.
+The bank travels explicitly through ``cross_attention_kwargs={"reference_bank": bank}``; nothing keeps state between
+calls. The pathway is a forward pre-hook on each spatial attention module (:class:`ReferenceAttentionHook`), not an
+attention processor: the UNets keep stock processors, so diffusers' ``set_default_attn_processor()``,
+``set_attn_processor(...)``, attention slicing and xformers all work and keep the reference (the hook feeds the
+reference tokens in as ``encoder_hidden_states``, exactly Champ's ``attn1(x, encoder_hidden_states=[x ; ref])``).
+Every spatial attention gets a hook (``attn2`` a plain one that drops the keyword), so diffusers never warns about an
+unexpected keyword. Motion modules keep theirs untouched: diffusers does not pass them the kwargs.
 """
 
 from __future__ import annotations
@@ -17,13 +21,10 @@ from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
-from diffusers.models.attention_processor import Attention, XFormersAttnProcessor, AttnProcessor2_0
-from diffusers.utils.import_utils import is_xformers_available
+from diffusers.models.attention_processor import Attention
 from torch import nn
 
-ATTENTION_BACKENDS = ("sdpa", "xformers")
-PROCESSOR_MODES = ("write", "read", "plain")
+HOOK_MODES = ("write", "read", "plain")
 
 
 @dataclass
@@ -31,7 +32,7 @@ class ReferenceBank:
     """Reference tokens of one R-UNet pass, keyed by spatial ``attn1`` module name.
 
     Attributes:
-        tokens: ``{name: (B, N, C)}``, ``N`` the layer's ``h * w``; written by the R-UNet's write processors.
+        tokens: ``{name: (B, N, C)}``, ``N`` the layer's ``h * w``; written by the R-UNet's write hooks.
         drop: optional ``(B,)`` bool; ``True`` marks a sample that gets no reference (the unconditional branch of
             classifier-free guidance, or training-time dropout). Such samples see plain self-attention.
     """
@@ -55,6 +56,11 @@ class ReferenceBank:
             return self.drop
         return torch.zeros(self.batch_size, dtype=torch.bool, device=next(iter(self.tokens.values())).device)
 
+    def select(self, index: torch.Tensor) -> "ReferenceBank":
+        """The samples ``index`` ``(V,)`` of the batch, repeats allowed: e.g. each video's row of a batch of videos."""
+        tokens = {name: values.index_select(0, index.to(values.device)) for name, values in self.tokens.items()}
+        return replace(self, tokens=tokens, drop=None if self.drop is None else self.drop[index.to(self.drop.device)])
+
     @classmethod
     def cat(cls, banks: Sequence["ReferenceBank"]) -> "ReferenceBank":
         """Concatenate banks along the batch axis, e.g. ``[conditional, unconditional]`` for batched CFG."""
@@ -66,111 +72,50 @@ class ReferenceBank:
         return cls(tokens=tokens, drop=drop)
 
 
-def _attention(
-    attn: Attention,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    backend: str,
-) -> torch.Tensor:
-    """Multi-head attention of projected ``(B, N, heads * d)`` query and ``(B, M, heads * d)`` key/value."""
-    batch_size = query.shape[0]
-    head_dim = key.shape[-1] // attn.heads
-    query, key, value = (x.view(batch_size, -1, attn.heads, head_dim) for x in (query, key, value))
-    if attn.norm_q is not None:
-        query = attn.norm_q(query)
-    if attn.norm_k is not None:
-        key = attn.norm_k(key)
-    if backend == "xformers":
-        import xformers.ops
+class ReferenceAttentionHook:
+    """Forward pre-hook of one spatial ``Attention`` module of a UNet: the reference pathway, for any processor.
 
-        if attention_mask is not None:
-            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
-        hidden_states = xformers.ops.memory_efficient_attention(
-            query, key, value, attn_bias=attention_mask, scale=attn.scale
-        )
-    else:
-        if attention_mask is not None:
-            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
-        hidden_states = F.scaled_dot_product_attention(
-            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=attention_mask, scale=attn.scale
-        ).transpose(1, 2)
-    return hidden_states.reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
+    Registered by :func:`install_reference_attention` (``register_forward_pre_hook(hook, with_kwargs=True)``). It takes
+    ``reference_bank`` out of the call's keyword arguments (so the attention processor never sees it) and, by mode:
 
+    - ``"write"`` (R-UNet ``attn1``): stores the layer's input ``(B, N, C)`` (the output of ``norm1``) in the bank.
+    - ``"read"`` (D-UNet ``attn1``): passes ``encoder_hidden_states = [own ; reference]`` ``(B*F, N + M, C)``, the
+      reference tokens broadcast to every frame, so the processor's ``to_k`` / ``to_v`` see both; samples the bank
+      drops get an additive mask ``(B*F, 1, N + M)`` of ``-inf`` on the reference part: plain self-attention.
+    - ``"plain"`` (every other spatial attention): only removes the keyword.
 
-class ReferenceAttnProcessor:
-    """Attention processor for the spatial attention layers of R-UNets and D-UNets.
-
-    Args:
-        name: the module name of the ``Attention`` this processor serves (its key in a :class:`ReferenceBank`).
-        mode: ``"write"`` (R-UNet ``attn1``: store input tokens, then plain self-attention), ``"read"`` (D-UNet
-            ``attn1``: attend to ``[own ; reference]``) or ``"plain"`` (any other attention: stock behaviour).
-        backend: ``"sdpa"`` (PyTorch ``scaled_dot_product_attention``) or ``"xformers"``.
-
-    Called by diffusers as ``processor(attn, hidden_states (B*F, N, C), encoder_hidden_states, attention_mask,
-    temb, reference_bank=...)``.
+    The attention itself stays with whatever processor the module holds (``AttnProcessor2_0``, the default
+    ``AttnProcessor`` of ``set_default_attn_processor()``, sliced, xformers, ...), so those calls keep the pathway.
     """
 
-    def __init__(self, name: str, mode: str = "plain", backend: str = "sdpa") -> None:
-        if mode not in PROCESSOR_MODES:
-            raise ValueError(f"`mode` must be one of {PROCESSOR_MODES}, got {mode!r}.")
-        if backend not in ATTENTION_BACKENDS:
-            raise ValueError(f"`backend` must be one of {ATTENTION_BACKENDS}, got {backend!r}.")
-        self.name, self.mode, self.backend = name, mode, backend
+    def __init__(self, name: str, mode: str = "plain") -> None:
+        if mode not in HOOK_MODES:
+            raise ValueError(f"`mode` must be one of {HOOK_MODES}, got {mode!r}.")
+        self.name, self.mode = name, mode
 
-    def __call__(
-        self,
-        attn: Attention,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-        reference_bank: ReferenceBank | None = None,
-    ) -> torch.Tensor:
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch_size, channels, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch_size, channels, height * width).transpose(1, 2)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-
-        if self.mode == "write" and reference_bank is not None:
+    def __call__(self, module: Attention, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        kwargs = dict(kwargs)
+        reference_bank = kwargs.pop("reference_bank", None)
+        if reference_bank is None or self.mode == "plain":
+            return args, kwargs
+        hidden_states = args[0] if args else kwargs["hidden_states"]
+        if self.mode == "write":
             reference_bank.tokens[self.name] = hidden_states
-        if self.mode == "read" and reference_bank is not None:
-            hidden_states = self._attend_with_reference(attn, hidden_states, reference_bank)
-        else:
-            hidden_states = self._attend(attn, hidden_states, encoder_hidden_states, attention_mask)
-
-        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channels, height, width)
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
-
-    def _attend(
-        self,
-        attn: Attention,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None,
-        attention_mask: torch.Tensor | None,
-    ) -> torch.Tensor:
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        if encoder_hidden_states is not None and attn.norm_cross:
-            context = attn.norm_encoder_hidden_states(context)
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, context.shape[1], hidden_states.shape[0])
-        return _attention(
-            attn, attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context), attention_mask, self.backend
+            return args, kwargs
+        if kwargs.get("encoder_hidden_states") is not None or kwargs.get("attention_mask") is not None:
+            raise ValueError(
+                f"Layer {self.name!r} reads reference tokens as its keys and values; it cannot also take "
+                "`encoder_hidden_states` or an `attention_mask` (got one)."
+            )
+        kwargs["encoder_hidden_states"], kwargs["attention_mask"] = self._reference_context(
+            hidden_states, reference_bank
         )
+        return args, kwargs
 
-    def _attend_with_reference(
-        self, attn: Attention, hidden_states: torch.Tensor, reference_bank: ReferenceBank
-    ) -> torch.Tensor:
+    def _reference_context(
+        self, hidden_states: torch.Tensor, reference_bank: ReferenceBank
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``[own ; reference]`` ``(B*F, N + M, C)`` and the mask hiding dropped references (``None`` if none is)."""
         if self.name not in reference_bank.tokens:
             raise ValueError(
                 f"The reference bank has no tokens for D-UNet layer {self.name!r}; the R-UNet and the D-UNet must "
@@ -183,27 +128,14 @@ class ReferenceAttnProcessor:
                 f"reference batch {reference.shape[0]}."
             )
         num_frames = hidden_states.shape[0] // reference.shape[0]
-        keep = ~reference_bank.drop_mask().to(hidden_states.device).repeat_interleave(num_frames)
-        if not bool(keep.any()):
-            return self._attend(attn, hidden_states, None, None)
-
-        # to_k / to_v are per-token maps, so the reference part is projected once per reference, not per frame.
-        reference = reference.to(hidden_states.dtype)
-        reference_key = attn.to_k(reference).repeat_interleave(num_frames, dim=0)
-        reference_value = attn.to_v(reference).repeat_interleave(num_frames, dim=0)
-        if bool(keep.all()):
-            return self._attend_keys(attn, hidden_states, reference_key, reference_value)
-        output = hidden_states.new_empty(hidden_states.shape[:2] + (attn.inner_dim,))
-        output[keep] = self._attend_keys(attn, hidden_states[keep], reference_key[keep], reference_value[keep])
-        output[~keep] = self._attend(attn, hidden_states[~keep], None, None)
-        return output
-
-    def _attend_keys(
-        self, attn: Attention, hidden_states: torch.Tensor, reference_key: torch.Tensor, reference_value: torch.Tensor
-    ) -> torch.Tensor:
-        key = torch.cat([attn.to_k(hidden_states), reference_key], dim=1)
-        value = torch.cat([attn.to_v(hidden_states), reference_value], dim=1)
-        return _attention(attn, attn.to_q(hidden_states), key, value, None, self.backend)
+        reference = reference.to(hidden_states.dtype).repeat_interleave(num_frames, dim=0)
+        context = torch.cat([hidden_states, reference], dim=1)
+        if reference_bank.drop is None:
+            return context, None
+        dropped = reference_bank.drop.to(hidden_states.device).repeat_interleave(num_frames).view(-1, 1, 1)
+        own_bias = hidden_states.new_zeros(context.shape[0], 1, hidden_states.shape[1])
+        reference_bias = hidden_states.new_zeros(context.shape[0], 1, reference.shape[1])
+        return context, torch.cat([own_bias, reference_bias.masked_fill(dropped, float("-inf"))], dim=-1)
 
 
 def _is_motion_attention(processor_name: str) -> bool:
@@ -220,31 +152,32 @@ def spatial_self_attention_names(unet: nn.Module) -> list[str]:
     return names
 
 
-def install_reference_attention(unet: nn.Module, mode: str, backend: str = "sdpa") -> list[str]:
-    """Install reference processors on ``unet``: ``mode="write"`` for an R-UNet, ``"read"`` for a D-UNet.
+def install_reference_attention(unet: nn.Module, mode: str) -> list[str]:
+    """Hook the reference pathway into ``unet``: ``mode="write"`` for an R-UNet, ``"read"`` for a D-UNet.
 
-    Spatial ``attn1`` layers get ``mode``; other spatial attentions get ``"plain"``; motion modules get the stock
-    processor of ``backend``. Works for ``UNet2DConditionModel`` and ``UNetMotionModel``; idempotent.
+    Spatial ``attn1`` layers get a :class:`ReferenceAttentionHook` of ``mode``, other spatial attentions a ``"plain"``
+    one; motion modules are left alone (diffusers does not pass them ``cross_attention_kwargs``). Attention
+    processors are not touched: ``set_attn_processor`` / ``set_default_attn_processor()`` / attention slicing /
+    xformers change how attention is computed, not what it attends to. Works for ``UNet2DConditionModel`` and
+    ``UNetMotionModel``; idempotent (earlier hooks of this kind are replaced).
 
     Returns:
         The module names of the spatial ``attn1`` layers that write or read.
     """
     if mode not in ("write", "read"):
         raise ValueError(f"`mode` must be 'write' or 'read', got {mode!r}.")
-    if backend not in ATTENTION_BACKENDS:
-        raise ValueError(f"`backend` must be one of {ATTENTION_BACKENDS}, got {backend!r}.")
-    if backend == "xformers" and not is_xformers_available():
-        raise ValueError("`backend='xformers'` needs the xformers package: pip install 'referencelcm[xformers]'.")
     reference_layers = set(spatial_self_attention_names(unet))
-    processors = {}
     for processor_name in unet.attn_processors:
-        module_name = processor_name.removesuffix(".processor")
         if _is_motion_attention(processor_name):
-            processors[processor_name] = XFormersAttnProcessor() if backend == "xformers" else AttnProcessor2_0()
-        else:
-            layer_mode = mode if module_name in reference_layers else "plain"
-            processors[processor_name] = ReferenceAttnProcessor(module_name, layer_mode, backend)
-    unet.set_attn_processor(processors)
+            continue
+        module_name = processor_name.removesuffix(".processor")
+        module = unet.get_submodule(module_name)
+        for key, hook in list(module._forward_pre_hooks.items()):
+            if isinstance(hook, ReferenceAttentionHook):
+                del module._forward_pre_hooks[key]
+                module._forward_pre_hooks_with_kwargs.pop(key, None)
+        hook = ReferenceAttentionHook(module_name, mode if module_name in reference_layers else "plain")
+        module.register_forward_pre_hook(hook, with_kwargs=True)
     return sorted(reference_layers)
 
 

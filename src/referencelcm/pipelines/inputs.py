@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence, Union
+from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
 import PIL.Image
@@ -56,8 +56,8 @@ def _torch_to_unit_tensor(name: str, tensor: torch.Tensor) -> torch.Tensor:
     return tensor.float()
 
 
-def reference_to_tensor(image: ImageInput) -> torch.Tensor:
-    """A reference image → ``(3, H, W)`` float in ``[0, 1]``.
+def reference_to_tensor(image: ImageInput, name: str = "reference_image") -> torch.Tensor:
+    """A reference image → ``(3, H, W)`` float in ``[0, 1]`` (``name``: the argument named in errors).
 
     Accepts a PIL image (any mode), a numpy ``(H, W)``, ``(H, W, C)`` uint8 or float array, or a torch ``(C, H, W)``
     tensor in ``[0, 1]``, with ``C`` in {1, 3, 4}.
@@ -68,13 +68,13 @@ def reference_to_tensor(image: ImageInput) -> torch.Tensor:
         if image.ndim == 2:
             image = image[..., None]
         if image.ndim != 3:
-            raise ValueError(f"`reference_image` arrays must be (H, W, C), got shape {image.shape}.")
-        return _to_rgb("reference_image", _numpy_to_unit_tensor("reference_image", image).permute(2, 0, 1))
+            raise ValueError(f"`{name}` arrays must be (H, W, C), got shape {image.shape}.")
+        return _to_rgb(name, _numpy_to_unit_tensor(name, image).permute(2, 0, 1))
     if isinstance(image, torch.Tensor):
         if image.ndim != 3:
-            raise ValueError(f"`reference_image` tensors must be (C, H, W), got shape {tuple(image.shape)}.")
-        return _to_rgb("reference_image", _torch_to_unit_tensor("reference_image", image.detach().cpu()))
-    raise ValueError(f"`reference_image` must be a PIL image, numpy array or torch tensor, got {type(image).__name__}.")
+            raise ValueError(f"`{name}` tensors must be (C, H, W), got shape {tuple(image.shape)}.")
+        return _to_rgb(name, _torch_to_unit_tensor(name, image.detach().cpu()))
+    raise ValueError(f"`{name}` must be a PIL image, numpy array or torch tensor, got {type(image).__name__}.")
 
 
 def frames_to_tensor(name: str, frames: FramesInput) -> torch.Tensor:
@@ -103,17 +103,27 @@ def frames_to_tensor(name: str, frames: FramesInput) -> torch.Tensor:
     )
 
 
-def guidance_to_tensors(guidance: Mapping[str, FramesInput]) -> dict[str, torch.Tensor]:
+def guidance_to_tensors(guidance: Mapping[str, FramesInput], name: str = "guidance") -> dict[str, torch.Tensor]:
     """``{type: frames}`` → ``{type: (F, 3, H, W)}``; every type must have the same number of frames (≥ 1)."""
     if not isinstance(guidance, Mapping) or len(guidance) == 0:
-        raise ValueError("`guidance` must be a non-empty dict {guidance_type: frames}.")
-    tensors = {name: frames_to_tensor(f"guidance[{name!r}]", frames) for name, frames in guidance.items()}
-    counts = {name: frames.shape[0] for name, frames in tensors.items()}
+        given = "an empty dict" if isinstance(guidance, Mapping) else type(guidance).__name__
+        raise ValueError(f"`{name}` must be a non-empty dict {{guidance_type: frames}}, got {given}.")
+    tensors = {key: frames_to_tensor(f"{name}[{key!r}]", frames) for key, frames in guidance.items()}
+    counts = {key: frames.shape[0] for key, frames in tensors.items()}
     if len(set(counts.values())) != 1:
-        raise ValueError(f"Every guidance type must have the same number of frames, got {counts}.")
+        raise ValueError(f"Every guidance type of `{name}` must have the same number of frames, got {counts}.")
     if next(iter(counts.values())) == 0:
-        raise ValueError("`guidance` holds no frames.")
+        raise ValueError(f"`{name}` holds no frames.")
     return tensors
+
+
+def batch_items(name: str, value: Any) -> list[tuple[str, Any]]:
+    """``(name for errors, item)`` per video: a list or tuple is a batch (``name[i]``), anything else one item."""
+    if not isinstance(value, (list, tuple)):
+        return [(name, value)]
+    if len(value) == 0:
+        raise ValueError(f"`{name}` is an empty list: give one item per video, or a single item.")
+    return [(f"{name}[{index}]", item) for index, item in enumerate(value)]
 
 
 def resize(images: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -7,13 +7,14 @@ import math
 import numbers
 import operator
 import os
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, LCMScheduler, UNet2DConditionModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
 from diffusers.schedulers import SchedulerMixin
+from diffusers.utils.import_utils import is_xformers_available
 from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 from einops import rearrange
@@ -25,7 +26,7 @@ from ..models.motion import set_motion_norm_mode
 from ..models.reference_attention import ReferenceBank, check_reference_pairing, install_reference_attention
 from ..training.consistency import guidance_scale_embedding
 from .context import context_windows
-from .inputs import FramesInput, ImageInput, guidance_to_tensors, reference_to_tensor, resize
+from .inputs import FramesInput, ImageInput, batch_items, guidance_to_tensors, reference_to_tensor, resize
 from .loading import check_pipeline_folder, loaded_components, looks_like_local_path
 from .pipeline_output import ReferenceLCMPipelineOutput
 
@@ -74,7 +75,7 @@ class ReferenceLCMPipeline(DiffusionPipeline):
         self.vae_scale_factor = 2 ** (len(_vae_block_channels(vae)) - 1)
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor)
         self._check_components()
-        self._install_hooks("sdpa")
+        self._install_hooks()
 
     # -- setup ---------------------------------------------------------------------------------------------------
 
@@ -93,26 +94,19 @@ class ReferenceLCMPipeline(DiffusionPipeline):
             )
         check_reference_pairing(self.reference_unet, self.denoising_unet)
 
-    def _install_hooks(self, attention_backend: str) -> None:
-        # Idempotent: re-run after anything that replaces processors or modules (xformers toggles, config changes).
-        install_reference_attention(self.reference_unet, "write", attention_backend)
-        install_reference_attention(self.denoising_unet, "read", attention_backend)
+    def _install_hooks(self) -> None:
+        # Idempotent: re-run after anything that replaces modules or the motion norm mode. Attention processors are
+        # not part of it: the reference pathway is a module hook that any processor keeps (reference_attention.py).
+        install_reference_attention(self.reference_unet, "write")
+        install_reference_attention(self.denoising_unet, "read")
         install_guidance_injection(self.denoising_unet)
         set_motion_norm_mode(self.denoising_unet, self.config.motion_norm_mode)
 
     def enable_xformers_memory_efficient_attention(self, attention_op: Callable | None = None) -> None:
-        """Run reference and motion attention with xformers (``pip install 'referencelcm[xformers]'``).
-
-        diffusers' default would replace the reference processors with plain ones, so this re-installs them with
-        the xformers backend instead. ``attention_op`` is not supported and must be ``None``.
-        """
-        if attention_op is not None:
-            raise ValueError("`attention_op` is not supported by the reference attention processors; pass None.")
-        self._install_hooks("xformers")
-
-    def disable_xformers_memory_efficient_attention(self) -> None:
-        """Go back to PyTorch's ``scaled_dot_product_attention``."""
-        self._install_hooks("sdpa")
+        """diffusers' xformers attention (``pip install 'referencelcm[xformers]'``); the reference pathway stays."""
+        if not is_xformers_available():
+            raise ValueError("xformers attention needs the xformers package: pip install 'referencelcm[xformers]'.")
+        super().enable_xformers_memory_efficient_attention(attention_op)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "ReferenceLCMPipeline":
@@ -146,6 +140,16 @@ class ReferenceLCMPipeline(DiffusionPipeline):
         return tuple(self.guidance_encoder.config.guidance_types)
 
     @property
+    def guidance_scale(self) -> float:
+        """The current call's guidance scale (a step-end callback may change it for the following steps' CFG)."""
+        return self._guidance_scale
+
+    @property
+    def num_timesteps(self) -> int:
+        """The current (or last) call's number of denoising steps."""
+        return self._num_timesteps
+
+    @property
     def spatial_multiple(self) -> int:
         """Height and width must be multiples of this: VAE factor × the D-UNet's downsampling."""
         return self.vae_scale_factor * 2 ** (len(self.denoising_unet.config.block_out_channels) - 1)
@@ -154,7 +158,7 @@ class ReferenceLCMPipeline(DiffusionPipeline):
 
     def check_inputs(
         self,
-        guidance: Mapping[str, torch.Tensor],
+        guidance: Mapping[str, torch.Tensor] | Sequence[Mapping[str, torch.Tensor]],
         num_inference_steps: int,
         height: int,
         width: int,
@@ -164,22 +168,28 @@ class ReferenceLCMPipeline(DiffusionPipeline):
         decode_chunk_size: int,
         callback_on_step_end_tensor_inputs: list[str] | None,
         timesteps: list[int] | None = None,
-        guidance_scale: float = 1.0,
+        num_references: int = 1,
+        num_videos_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
+        guidance_scale: float = 1.0,
         latents: torch.Tensor | None = None,
-        batch_size: int = 1,
     ) -> None:
         """Raise a ``ValueError`` naming the argument for any input the models cannot run on.
 
-        ``latents`` (``(B, C, F, h, w)``, or ``None``) must be finite; a list ``generator`` holds one generator per
-        video of the batch (``batch_size``).
+        ``guidance`` is one video's ``{type: (F, 3, H, W)}`` or a list of them (a batch); ``num_references`` is the
+        number of reference images given; a list ``generator`` holds one generator per video made; ``latents``
+        (``(B, C, F, h, w)``, or ``None``) must be finite.
         """
-        expected, given = set(self.guidance_types), set(guidance)
-        if given != expected:
-            raise ValueError(
-                f"`guidance` must hold exactly the guidance types {sorted(expected)} this model was trained with; "
-                f"missing {sorted(expected - given)}, unknown {sorted(given - expected)}."
-            )
+        guidance_batch = [guidance] if isinstance(guidance, Mapping) else list(guidance)
+        expected = set(self.guidance_types)
+        for index, maps in enumerate(guidance_batch):
+            name = "guidance" if isinstance(guidance, Mapping) else f"guidance[{index}]"
+            if set(maps) != expected:
+                raise ValueError(
+                    f"`{name}` must hold exactly the guidance types {sorted(expected)} this model was trained with; "
+                    f"missing {sorted(expected - set(maps))}, unknown {sorted(set(maps) - expected)}."
+                )
+        self._check_batch(guidance_batch, num_references, num_videos_per_prompt, generator)
         for name, size in (("height", height), ("width", width)):
             if size < self.spatial_multiple or size % self.spatial_multiple != 0:
                 raise ValueError(f"`{name}` must be a positive multiple of {self.spatial_multiple}, got {size}.")
@@ -211,13 +221,36 @@ class ReferenceLCMPipeline(DiffusionPipeline):
             )
         if not isinstance(guidance_scale, numbers.Real) or not math.isfinite(guidance_scale):
             raise ValueError(f"`guidance_scale` must be a finite number, got {guidance_scale!r}.")
-        if isinstance(generator, list) and len(generator) != batch_size:
-            raise ValueError(
-                f"`generator` is a list of {len(generator)} generators, but the batch has {batch_size} video(s); pass "
-                f"one generator per video, or a single generator."
-            )
         if isinstance(latents, torch.Tensor) and not bool(torch.isfinite(latents).all()):
             raise ValueError("`latents` must hold finite values, got NaN or infinite values.")
+
+    def _check_batch(
+        self,
+        guidance_batch: list[Mapping[str, torch.Tensor]],
+        num_references: int,
+        num_videos_per_prompt: int,
+        generator: torch.Generator | list[torch.Generator] | None,
+    ) -> None:
+        num_guidance = len(guidance_batch)
+        if num_references != num_guidance and 1 not in (num_references, num_guidance):
+            raise ValueError(
+                f"`reference_image` holds {num_references} images and `guidance` {num_guidance} videos' guidance: give "
+                "one of each per video, or a single one of either to share it across the batch."
+            )
+        frame_counts = [next(iter(maps.values())).shape[0] for maps in guidance_batch]
+        if len(set(frame_counts)) > 1:
+            raise ValueError(
+                f"Every video of a batch must have the same number of frames; `guidance` has {frame_counts}."
+            )
+        if type(num_videos_per_prompt) is not int or num_videos_per_prompt < 1:
+            raise ValueError(f"`num_videos_per_prompt` must be an integer >= 1, got {num_videos_per_prompt!r}.")
+        num_videos = max(num_references, num_guidance) * num_videos_per_prompt
+        if isinstance(generator, list) and len(generator) != num_videos:
+            raise ValueError(
+                f"`generator` is a list of {len(generator)} generators, but the call makes {num_videos} videos "
+                f"({max(num_references, num_guidance)} x num_videos_per_prompt={num_videos_per_prompt}): pass one "
+                "generator per video, or a single one."
+            )
 
     def _check_timesteps(self, timesteps: list[int]) -> None:
         if "timesteps" not in inspect.signature(self.scheduler.set_timesteps).parameters:
@@ -241,16 +274,42 @@ class ReferenceLCMPipeline(DiffusionPipeline):
                 f"e.g. [999, 499, 299, 139]; got {timesteps!r}."
             )
 
-    def encode_reference(
-        self, reference: torch.Tensor, device: torch.device, do_classifier_free_guidance: bool
-    ) -> tuple[torch.Tensor, ReferenceBank]:
-        """Run the CLIP image encoder and the R-UNet once.
+    def prepare_conditions(
+        self, references: list[torch.Tensor], guidance: list[Mapping[str, torch.Tensor]], height: int, width: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Resize and stack the inputs of a batch.
 
         Args:
-            reference: ``(B, 3, H, W)`` in ``[0, 1]`` at the output size.
+            references: ``R`` images ``(3, H_i, W_i)`` in ``[0, 1]``.
+            guidance: ``G`` videos' ``{type: (F, 3, H_i, W_i)}`` (one ``F`` for all).
 
         Returns:
-            ``image_embeds`` ``(B, 1, D)`` — or ``(2B, 1, D)`` with zeros appended for CFG — and the reference bank,
+            ``(R, 3, height, width)`` references and ``{type: (G, 3, F, height, width)}`` guidance maps.
+        """
+        reference = torch.cat([resize(image[None], height, width) for image in references])
+        guidance_maps = {
+            name: torch.stack(
+                [rearrange(resize(maps[name], height, width), "f c h w -> c f h w") for maps in guidance]
+            )
+            for name in self.guidance_types
+        }
+        return reference, guidance_maps
+
+    def encode_reference(
+        self,
+        reference: torch.Tensor,
+        device: torch.device,
+        do_classifier_free_guidance: bool,
+        video_index: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ReferenceBank]:
+        """Run the CLIP image encoder and the R-UNet once per reference.
+
+        Args:
+            reference: ``(R, 3, H, W)`` in ``[0, 1]`` at the output size.
+            video_index: ``(V,)`` the reference of each video of the batch (default: video ``i`` ← reference ``i``).
+
+        Returns:
+            ``image_embeds`` ``(V, 1, D)`` — or ``(2V, 1, D)`` with zeros appended for CFG — and the reference bank,
             likewise doubled with the unconditional half marked "no reference".
         """
         clip_inputs = self.feature_extractor(
@@ -269,14 +328,20 @@ class ReferenceLCMPipeline(DiffusionPipeline):
             cross_attention_kwargs={"reference_bank": bank},
             return_dict=False,
         )
+        if video_index is not None:
+            image_embeds, bank = image_embeds[video_index.to(device)], bank.select(video_index)
         if do_classifier_free_guidance:
             image_embeds = torch.cat([image_embeds, torch.zeros_like(image_embeds)])
             bank = ReferenceBank.cat([bank, bank.with_drop(torch.ones(bank.batch_size, dtype=torch.bool))])
         return image_embeds, bank
 
-    def encode_guidance(self, guidance: Mapping[str, torch.Tensor], device: torch.device) -> torch.Tensor:
-        """Encode every guidance frame once: ``{type: (B, 3, F, H, W)}`` → ``(B, C_0, F, h, w)``."""
-        return self.guidance_encoder({name: maps.to(device) for name, maps in guidance.items()})
+    def encode_guidance(
+        self, guidance: Mapping[str, torch.Tensor], device: torch.device, video_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Encode every guidance frame once: ``{type: (G, 3, F, H, W)}`` → ``(V, C_0, F, h, w)``, video ``v`` taking
+        the features of guidance ``video_index[v]`` (default: ``V = G``, one video per guidance)."""
+        features = self.guidance_encoder({name: maps.to(device) for name, maps in guidance.items()})
+        return features if video_index is None else features[video_index.to(features.device)]
 
     def prepare_latents(
         self,
@@ -356,8 +421,8 @@ class ReferenceLCMPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(
         self,
-        reference_image: ImageInput,
-        guidance: Mapping[str, FramesInput],
+        reference_image: ImageInput | list[ImageInput],
+        guidance: Mapping[str, FramesInput] | list[Mapping[str, FramesInput]],
         num_inference_steps: int = 4,
         timesteps: list[int] | None = None,
         guidance_scale: float = 1.0,
@@ -365,6 +430,7 @@ class ReferenceLCMPipeline(DiffusionPipeline):
         width: int | None = None,
         context_frames: int = 24,
         context_overlap: int = 4,
+        num_videos_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         output_type: str = "pil",
@@ -373,59 +439,66 @@ class ReferenceLCMPipeline(DiffusionPipeline):
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
     ) -> ReferenceLCMPipelineOutput | tuple:
-        r"""Animate ``reference_image`` along ``guidance``.
+        r"""Animate ``reference_image`` along ``guidance``: one video, or a batch of them.
 
         Args:
             reference_image: PIL image, numpy ``(H, W, 3)`` uint8, or torch ``(3, H, W)`` in ``[0, 1]``; 1- or
-                4-channel images are converted to RGB.
+                4-channel images are converted to RGB. A list of them is a batch (video ``i`` animates image ``i``).
             guidance: ``{type: frames}`` for exactly :attr:`guidance_types`; frames are a list of PIL images, numpy
-                ``(F, H, W, 3)`` or torch ``(F, 3, H, W)`` in ``[0, 1]``; every type has the same ``F``.
+                ``(F, H, W, 3)`` or torch ``(F, 3, H, W)`` in ``[0, 1]``; every type has the same ``F``. A list of
+                such dicts is a batch, as long as the list of references (one ``F`` for all); a single reference
+                or a single dict is shared by every video of the batch.
             num_inference_steps: denoising steps (2–4 for a distilled model, ~20 for a DDIM teacher).
             timesteps: custom timesteps, strictly decreasing, instead of the scheduler's spacing for
                 ``num_inference_steps`` (which is then ignored), for schedulers that take them (``LCMScheduler``).
                 An LCM (50 original steps) takes ``[999, 759, 499, 259]`` for 4 steps: evenly spaced from the top.
             guidance_scale: > 1 turns on classifier-free guidance (uncond = zero image embeddings and no reference
                 tokens; guidance kept). With ``denoising_unet.config.time_cond_proj_dim`` set it is embedded instead.
-            height, width: output size; default: the guidance frames' size.
+            height, width: output size; default: the (first video's) guidance frames' size.
             context_frames, context_overlap: window length and overlap for long videos.
-            generator, latents: randomness; ``latents`` is ``(1, C, F, h, w)``.
+            num_videos_per_prompt: videos per reference / guidance pair (``V = batch × num_videos_per_prompt``
+                videos in all, those of one pair next to each other); the R-UNet still runs once per reference.
+            generator, latents: randomness: one generator, or a list of ``V`` (one per video: a video then
+                equals the single-video call with that generator); ``latents`` is ``(V, C, F, h, w)``.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
             decode_chunk_size: frames decoded by the VAE at once.
             callback_on_step_end: called as ``callback(pipe, step, timestep, {"latents": ...})`` after every step;
                 may return ``{"latents": ...}`` to replace them.
 
         Returns:
-            :class:`ReferenceLCMPipelineOutput` whose ``frames[0]`` is the video (see its docstring), or a tuple.
+            :class:`ReferenceLCMPipelineOutput` whose ``frames[i]`` is video ``i`` (see its docstring), or a tuple.
         """
         callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
 
-        # 1. Standardise and check inputs
-        reference = reference_to_tensor(reference_image)
-        guidance_maps = guidance_to_tensors(guidance)
-        first_maps = next(iter(guidance_maps.values()))
+        # 1. Standardise and check inputs; batch them
+        references = [reference_to_tensor(item, name) for name, item in batch_items("reference_image", reference_image)]
+        guidance_batch = [guidance_to_tensors(item, name) for name, item in batch_items("guidance", guidance)]
+        first_maps = next(iter(guidance_batch[0].values()))
         num_frames = first_maps.shape[0]
         height = first_maps.shape[-2] if height is None else height
         width = first_maps.shape[-1] if width is None else width
         self.check_inputs(
-            guidance_maps, num_inference_steps, height, width, context_frames, context_overlap, output_type,
-            decode_chunk_size, callback_on_step_end_tensor_inputs, timesteps, guidance_scale, generator, latents,
-            batch_size=1,
+            guidance_batch, num_inference_steps, height, width, context_frames, context_overlap, output_type,
+            decode_chunk_size, callback_on_step_end_tensor_inputs, timesteps, len(references), num_videos_per_prompt,
+            generator, guidance_scale, latents,
         )
         device = self._execution_device
-        reference = resize(reference[None], height, width)
-        guidance_maps = {
-            name: rearrange(resize(maps, height, width), "f c h w -> 1 c f h w") for name, maps in guidance_maps.items()
-        }
+        reference, guidance_maps = self.prepare_conditions(references, guidance_batch, height, width)
+        batch_size = max(len(references), len(guidance_batch))
+        num_videos = batch_size * num_videos_per_prompt
+        reference_index = _video_index(len(references), batch_size, num_videos_per_prompt)  # (V,)
+        guidance_index = _video_index(len(guidance_batch), batch_size, num_videos_per_prompt)  # (V,)
         embeds_guidance = self.denoising_unet.config.time_cond_proj_dim is not None
         do_classifier_free_guidance = guidance_scale > 1.0 and not embeds_guidance
+        self._guidance_scale = guidance_scale
 
-        # 2. Reference: CLIP embedding and R-UNet bank, once per call
-        image_embeds, bank = self.encode_reference(reference, device, do_classifier_free_guidance)
+        # 2. Reference: CLIP embedding and R-UNet bank, once per call and reference
+        image_embeds, bank = self.encode_reference(reference, device, do_classifier_free_guidance, reference_index)
 
-        # 3. Guidance features, once per call
-        guidance_features = self.encode_guidance(guidance_maps, device)
+        # 3. Guidance features, once per call and guidance video
+        guidance_features = self.encode_guidance(guidance_maps, device, guidance_index)
 
         # 4. Timesteps
         if timesteps is not None:
@@ -434,14 +507,15 @@ class ReferenceLCMPipeline(DiffusionPipeline):
 
         # 5. Initial latents
         latents = self.prepare_latents(
-            1, num_frames, height, width, self.denoising_unet.dtype, device, generator, latents
+            num_videos, num_frames, height, width, self.denoising_unet.dtype, device, generator, latents
         )
 
         # 6. Guidance-scale embedding for LCMs distilled with one (w = guidance_scale - 1, as diffusers' LCM)
         timestep_cond = None
         if embeds_guidance:
             timestep_cond = guidance_scale_embedding(
-                torch.tensor([guidance_scale - 1.0], device=device), self.denoising_unet.config.time_cond_proj_dim
+                torch.full((num_videos,), guidance_scale - 1.0, device=device),
+                self.denoising_unet.config.time_cond_proj_dim,
             )
 
         # 7. Denoising loop over context windows
@@ -450,8 +524,9 @@ class ReferenceLCMPipeline(DiffusionPipeline):
         self._num_timesteps = len(timesteps)
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for step_index, timestep in enumerate(timesteps):
-                model_output = self.predict(
-                    latents, timestep, image_embeds, bank, guidance_features, timestep_cond, guidance_scale, windows
+                model_output = self.predict(  # self.guidance_scale: a step-end callback may change it
+                    latents, timestep, image_embeds, bank, guidance_features, timestep_cond, self.guidance_scale,
+                    windows,
                 )
                 latents = self.scheduler.step(model_output, timestep, latents, **step_kwargs, return_dict=False)[0]
                 if callback_on_step_end is not None:
@@ -485,6 +560,12 @@ def _own_aligned_storage(module: torch.nn.Module) -> None:
     for tensor in list(module.parameters()) + list(module.buffers()):
         if tensor.device.type != "meta":
             tensor.data = tensor.data.clone()
+
+
+def _video_index(count: int, batch_size: int, num_videos_per_prompt: int) -> torch.Tensor:
+    """``(batch_size * num_videos_per_prompt,)``: which of ``count`` inputs (1, or one per item) each video uses."""
+    items = torch.arange(batch_size) if count == batch_size else torch.zeros(batch_size, dtype=torch.long)
+    return items.repeat_interleave(num_videos_per_prompt)
 
 
 def _vae_block_channels(vae: torch.nn.Module) -> tuple[int, ...]:

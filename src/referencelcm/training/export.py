@@ -131,8 +131,8 @@ def merge_lora(unet: nn.Module) -> nn.Module:
 def load_lora_into_pipeline(pipe: ReferenceLCMPipeline, lora_dir: str | os.PathLike) -> ReferenceLCMPipeline:
     """Load ``pytorch_lora_weights.safetensors`` from ``lora_dir`` onto ``pipe.denoising_unet`` (the teacher's).
 
-    ``load_lora_adapter`` wraps the projection layers and keeps the reference attention processors in place
-    (``load_attn_procs`` would replace them). Swap the scheduler for ``student_lcm_scheduler_from_teacher`` as well.
+    ``load_lora_adapter`` wraps the projection layers; the reference hooks stay on the attention modules. Swap the
+    scheduler for ``student_lcm_scheduler_from_teacher`` as well.
     """
     pipe.denoising_unet.load_lora_adapter(str(lora_dir), weight_name=LORA_WEIGHT_NAME, prefix=LORA_PREFIX)
     return pipe

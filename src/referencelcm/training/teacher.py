@@ -247,7 +247,7 @@ class ReferenceNet(nn.Module):
 
     One module, so one ``DistributedDataParallel`` wrapper sees every trained parameter used by the one output it
     returns (the bank's tokens travel from R-UNet to D-UNet inside ``forward``). Submodules keep their pipeline names,
-    so its state dict is the three components' with prefixes. The models need reference processors and guidance
+    so its state dict is the three components' with prefixes. The models need reference hooks and guidance
     injection installed (``ReferenceLCMPipeline`` does both).
     """
 
@@ -288,7 +288,7 @@ class TeacherTrainingStep:
     """Computes the teacher loss of one batch; the caller owns backward and the optimiser.
 
     Args:
-        models: :class:`TeacherModels` with reference processors and guidance injection installed (a
+        models: :class:`TeacherModels` with reference hooks and guidance injection installed (a
             ``ReferenceLCMPipeline`` does both; see ``train_teacher.py``).
         noise_scheduler: the teacher's scheduler (its ``alphas_cumprod``, ``prediction_type``, ``add_noise``).
         config: :class:`TeacherConfig`.
