@@ -123,6 +123,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--snr_gamma", type=float, default=5.0, help="Min-SNR-γ; 0 turns the weighting off.")
     add("--noise_offset", type=float, default=0.05)
     add("--kl_weight", type=float, default=1e-6, help="Stage vae: weight of the KL term.")
+    add("--train_image_encoder", action="store_true", help="Stage image: train the CLIP image encoder with the "
+        "UNets (for models trained from scratch; Champ keeps its pretrained CLIP frozen).")
     add("--vae_crop_size", type=int, default=0, help="Stage vae: train on square crops of this size, centred on the "
         "person (mask/ folder) 3 times in 4; 0 trains on whole frames.")
     add("--vae_person_weight", type=float, default=0.0, help="Stage vae: person pixels (mask/ folder) count 1 + this "
@@ -166,6 +168,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      f"{args.vae_person_weight}.")
     if (args.vae_crop_size or args.vae_person_weight) and args.stage != "vae":
         parser.error("--vae_crop_size and --vae_person_weight are for --stage vae.")
+    if args.train_image_encoder and args.stage != "image":
+        parser.error("--train_image_encoder is for --stage image.")
     if args.vae_crop_size > args.resolution:
         parser.error(f"--vae_crop_size {args.vae_crop_size} exceeds --resolution {args.resolution}.")
     return args
@@ -341,8 +345,8 @@ def trainable_network(args, pipe: ReferenceLCMPipeline, device: torch.device, we
             model.requires_grad_(False)
         pipe.vae.requires_grad_(True)
     else:
-        set_trainable(models, args.stage)
-    trained = TRAINED_COMPONENTS[args.stage]
+        set_trainable(models, args.stage, train_image_encoder=args.train_image_encoder)
+    trained = TRAINED_COMPONENTS[args.stage] + (("image_encoder",) if args.train_image_encoder else ())
     for name, model in pipe.components.items():
         if isinstance(model, torch.nn.Module):
             model.to(device)
@@ -353,7 +357,7 @@ def trainable_network(args, pipe: ReferenceLCMPipeline, device: torch.device, we
                 model.enable_gradient_checkpointing()
     if args.stage == "vae":
         return VAEReconstruction(pipe.vae)
-    return ReferenceNet(pipe.reference_unet, pipe.denoising_unet, pipe.guidance_encoder)
+    return ReferenceNet(pipe.reference_unet, pipe.denoising_unet, pipe.guidance_encoder, pipe.image_encoder)
 
 
 def stage_maps(args, pipe: ReferenceLCMPipeline) -> tuple[str, ...]:

@@ -140,6 +140,17 @@ def test_image_stage_trains_read_layers_only(vae_output: Path, image_output: Pat
         assert any(not torch.equal(old[key], new[key]) for key in old), name
 
 
+def test_image_stage_can_train_the_image_encoder(workspace: Path, vae_output: Path, script):
+    script.main(base_args(workspace, "image", "image_clip", steps=1) + [
+        "--pretrained_model", str(vae_output), "--learning_rate", "1e-3", "--train_image_encoder"])
+    before = ReferenceLCMPipeline.from_pretrained(vae_output)
+    after = ReferenceLCMPipeline.from_pretrained(workspace / "image_clip")
+    old, new = state(before.image_encoder), state(after.image_encoder)
+    assert any(not torch.equal(old[key], new[key]) for key in old)
+    old, new = state(before.vae), state(after.vae)
+    assert all(torch.equal(old[key], new[key]) for key in old)
+
+
 def test_video_stage_trains_only_new_motion_modules(image_output: Path, video_output: Path):
     before = ReferenceLCMPipeline.from_pretrained(image_output)
     pipe, frames = generate_in_teacher_mode(video_output)
@@ -256,7 +267,7 @@ def test_sd15_style_folders_replace_components(workspace: Path, script, tmp_path
 
 def test_lr_schedule_is_the_same_with_two_processes(workspace: Path, tmp_path: Path):
     """accelerate steps a prepared LR scheduler once per process: warm-up and decay must not run twice as fast."""
-    arguments = [*base_args(workspace, "vae", "unused", steps=4), "--model_config", str(workspace / "tiny.json"),
+    arguments = [*base_args(workspace, "vae", "unused", steps=4), "--model_config", str(TINY_CONFIG),
                  "--train_batch_size", "1", "--lr_scheduler", "linear", "--lr_warmup_steps", "2",
                  "--checkpointing_steps", "100"]
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1"}  # gloo on the CPU

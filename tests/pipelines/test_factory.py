@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -47,3 +48,12 @@ def test_build_components_leaves_the_global_rng_unchanged():
     second = build_components()  # still seeded by `seed`: the same weights every time
     for name in ("vae", "denoising_unet", "guidance_encoder"):
         assert all(torch.equal(a, b) for a, b in zip(first[name].state_dict().values(), second[name].state_dict().values()))
+
+
+def test_image_encoder_size_can_be_chosen_and_the_feature_extractor_follows():
+    components = build_components(image_encoder_config=dict(image_size=64, hidden_size=32, num_attention_heads=4))
+    config = components["image_encoder"].config
+    assert (config.image_size, config.hidden_size, config.projection_dim) == (64, 32, 16)
+    assert components["feature_extractor"].crop_size == {"height": 64, "width": 64}
+    pixels = components["feature_extractor"](images=[np.zeros((80, 80, 3), np.uint8)], return_tensors="pt")
+    assert pixels["pixel_values"].shape == (1, 3, 64, 64)

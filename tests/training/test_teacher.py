@@ -191,6 +191,20 @@ def test_set_trainable_image_stage_excludes_unread_and_frozen_encoders():
     assert not any(parameter.requires_grad for parameter in models.image_encoder.parameters())
 
 
+def test_the_image_encoder_trains_with_the_unets_when_asked():
+    models, scheduler = make_models()
+    parameters = {id(parameter) for parameter in set_trainable(models, "image", train_image_encoder=True)}
+    assert all(id(parameter) in parameters for parameter in models.image_encoder.parameters())
+    step = TeacherTrainingStep(models, scheduler, TeacherConfig())
+    keep_all = torch.zeros(BATCH_SIZE, dtype=torch.bool)
+    step.step(make_batch(), torch.Generator().manual_seed(0), drop_mask=keep_all).loss.backward()
+    projection = models.image_encoder.visual_projection.weight
+    assert projection.grad is not None and projection.grad.abs().sum() > 0  # via both UNets' cross-attention
+    assert not any(parameter.requires_grad for parameter in models.vae.parameters())
+    set_trainable(models, "image")  # the default keeps it frozen (Champ's pretrained CLIP)
+    assert not any(parameter.requires_grad for parameter in models.image_encoder.parameters())
+
+
 def test_set_trainable_video_stage_trains_motion_modules_only():
     models, scheduler = make_models(motion=True)
     parameters = set_trainable(models, "video")

@@ -26,6 +26,12 @@ TEACHER_SCHEDULER_CONFIG = dict(
 )
 
 
+# The default CLIP vision tower: tiny, for tests and CPU-sized models (``build_components(image_encoder_config=...)``).
+TINY_IMAGE_ENCODER = dict(
+    hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, image_size=32, patch_size=8
+)
+
+
 def unet_2d_config(
     sample_size: int,
     block_out_channels: Sequence[int] = (8, 16),
@@ -85,6 +91,7 @@ def build_components(
     guidance_block_out_channels: Sequence[int] | None = None,
     vae_latent_channels: int = 4,
     vae_norm_num_groups: int | None = None,
+    image_encoder_config: dict | None = None,
 ) -> dict:
     """Every :class:`ReferenceLCMPipeline` component, freshly initialised from ``seed`` (defaults: tiny, CPU-fast).
 
@@ -95,7 +102,9 @@ def build_components(
     :func:`build_motion_adapter`). ``guidance_block_out_channels`` are the guidance encoders' conv widths (one more
     than the VAE's downsampling steps; default ``(w, 2w, …, 4w)`` with ``w`` the first UNet width).
     ``vae_latent_channels`` sets the latent's channels (and both UNets' input and output); ``vae_norm_num_groups``
-    the VAE's group-norm groups (default ``norm_num_groups``). The weights are drawn from a forked RNG seeded with
+    the VAE's group-norm groups (default ``norm_num_groups``). ``image_encoder_config`` overrides the tiny CLIP
+    vision config (``hidden_size``, ``num_hidden_layers``, ``image_size``, ``patch_size`` …; the feature extractor
+    follows its ``image_size``). The weights are drawn from a forked RNG seeded with
     ``seed``: the caller's global torch RNG state is left unchanged.
     """
     if scheduler not in ("lcm", "ddim"):
@@ -111,18 +120,10 @@ def build_components(
         layers_per_block=1,
         sample_size=image_size,
     )
-    image_encoder = CLIPVisionModelWithProjection(
-        CLIPVisionConfig(
-            hidden_size=16,
-            projection_dim=cross_attention_dim,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=32,
-            image_size=32,
-            patch_size=8,
-        )
-    )
-    feature_extractor = CLIPImageProcessor(crop_size=32, size={"shortest_edge": 32})
+    clip_config = {**TINY_IMAGE_ENCODER, "projection_dim": cross_attention_dim, **(image_encoder_config or {})}
+    image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**clip_config))
+    clip_size = clip_config["image_size"]
+    feature_extractor = CLIPImageProcessor(crop_size=clip_size, size={"shortest_edge": clip_size})
     latent_size = image_size // 2 ** (vae_depth - 1)
     unet_kwargs = dict(
         sample_size=latent_size,

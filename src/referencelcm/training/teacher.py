@@ -3,7 +3,8 @@
 Stages (``examples/train_teacher.py``):
 
 - ``image``: single frames; trains the 2-D D-UNet, the R-UNet (less the layers whose output is never read, see
-  :func:`unread_reference_parameters`) and the guidance encoder. VAE and CLIP image encoder stay frozen.
+  :func:`unread_reference_parameters`) and the guidance encoder. The VAE stays frozen; the CLIP image encoder too
+  (Champ's), unless ``train_image_encoder`` (a model trained from scratch has no pretrained CLIP to keep).
 - ``video``: clips; the D-UNet is a ``UNetMotionModel`` and only its motion modules train.
 
 Objective for a batch of ``B`` items (``x_0`` the VAE latents of the target frames, ``(B, C, F, h, w)``):
@@ -169,11 +170,11 @@ def _dummy_unet_inputs(unet: nn.Module) -> tuple[torch.Tensor, torch.Tensor, tor
     return sample, timestep, encoder_hidden_states
 
 
-def set_trainable(models: "TeacherModels", stage: str) -> list[nn.Parameter]:
+def set_trainable(models: "TeacherModels", stage: str, train_image_encoder: bool = False) -> list[nn.Parameter]:
     """Freeze / unfreeze for ``stage`` and return the parameters the optimiser gets.
 
-    ``image``: D-UNet, guidance encoder and the read part of the R-UNet. ``video``: the D-UNet's motion modules only.
-    VAE and image encoder are frozen in both.
+    ``image``: D-UNet, guidance encoder and the read part of the R-UNet (and the image encoder with
+    ``train_image_encoder``). ``video``: the D-UNet's motion modules only. The VAE is frozen in both.
     """
     if stage not in TEACHER_STAGES:
         raise ValueError(f"`stage` must be one of {TEACHER_STAGES}, got {stage!r}.")
@@ -188,12 +189,13 @@ def set_trainable(models: "TeacherModels", stage: str) -> list[nn.Parameter]:
         return [parameter for parameter in models.denoising_unet.parameters() if parameter.requires_grad]
     models.denoising_unet.requires_grad_(True)
     models.guidance_encoder.requires_grad_(True)
+    models.image_encoder.requires_grad_(train_image_encoder)
     unread = set(unread_reference_parameters(models.reference_unet))
     for name, parameter in models.reference_unet.named_parameters():
         parameter.requires_grad_(name not in unread)
     return [
         parameter
-        for model in (models.denoising_unet, models.reference_unet, models.guidance_encoder)
+        for model in (models.denoising_unet, models.reference_unet, models.guidance_encoder, models.image_encoder)
         for parameter in model.parameters()
         if parameter.requires_grad
     ]
@@ -221,7 +223,7 @@ class TeacherConfig:
 
 @dataclass
 class TeacherModels:
-    """The networks of a teacher: frozen ``vae`` and ``image_encoder``, trained per stage (:func:`set_trainable`)."""
+    """The networks of a teacher: a frozen ``vae``; the others trained per stage (:func:`set_trainable`)."""
 
     vae: nn.Module
     image_encoder: nn.Module
@@ -243,32 +245,42 @@ class TeacherOutput:
 
 
 class ReferenceNet(nn.Module):
-    """The trainable networks of a teacher in one ``forward``: R-UNet → bank, guidance encoder, D-UNet.
+    """The networks of a teacher in one ``forward``: image encoder, R-UNet → bank, guidance encoder, D-UNet.
 
     One module, so one ``DistributedDataParallel`` wrapper sees every trained parameter used by the one output it
     returns (the bank's tokens travel from R-UNet to D-UNet inside ``forward``). Submodules keep their pipeline names,
-    so its state dict is the three components' with prefixes. The models need reference hooks and guidance
-    injection installed (``ReferenceLCMPipeline`` does both).
+    so its state dict is the four components' with prefixes; frozen ones run without gradients. The models need
+    reference hooks and guidance injection installed (``ReferenceLCMPipeline`` does both).
     """
 
-    def __init__(self, reference_unet: nn.Module, denoising_unet: nn.Module, guidance_encoder: nn.Module):
+    def __init__(
+        self,
+        reference_unet: nn.Module,
+        denoising_unet: nn.Module,
+        guidance_encoder: nn.Module,
+        image_encoder: nn.Module,
+    ):
         super().__init__()
         self.reference_unet = reference_unet
         self.denoising_unet = denoising_unet
         self.guidance_encoder = guidance_encoder
+        self.image_encoder = image_encoder
 
     def forward(
         self,
         noisy_latents: torch.Tensor,
         timesteps: torch.Tensor,
         reference_latents: torch.Tensor,
-        image_embeds: torch.Tensor,
+        clip_pixels: torch.Tensor,
         guidance: Mapping[str, torch.Tensor],
         drop_mask: torch.Tensor,
     ) -> torch.Tensor:
         """D-UNet output ``(B, C, F, h, w)`` for ``x_t`` ``(B, C, F, h, w)``, reference latents ``(B, C, h, w)``,
-        CLIP ``image_embeds`` ``(B, 1, D)``, guidance ``{type: (B, 3, F, H, W)}`` and the ``(B,)`` dropout mask."""
-        reference_unet = self.reference_unet
+        the reference's CLIP pixel values ``(B, 3, S, S)``, guidance ``{type: (B, 3, F, H, W)}`` and the ``(B,)``
+        dropout mask."""
+        image_encoder, reference_unet = self.image_encoder, self.reference_unet
+        with torch.set_grad_enabled(torch.is_grad_enabled() and _has_trainable(image_encoder)):
+            image_embeds = image_encoder(clip_pixels.to(image_encoder.dtype)).image_embeds.unsqueeze(1)  # (B, 1, D)
         bank = ReferenceBank()
         with torch.set_grad_enabled(torch.is_grad_enabled() and _has_trainable(reference_unet)):
             reference_unet(  # t = 0 on the clean reference; its output sample is unused
@@ -309,23 +321,22 @@ class TeacherTrainingStep:
     ):
         self.models, self.noise_scheduler, self.config = models, noise_scheduler, config
         self.network = network if network is not None else ReferenceNet(
-            models.reference_unet, models.denoising_unet, models.guidance_encoder)
+            models.reference_unet, models.denoising_unet, models.guidance_encoder, models.image_encoder)
         self.num_train_timesteps = noise_scheduler.config.num_train_timesteps
 
     @torch.no_grad()
     def encode_batch(
         self, batch: Mapping[str, Any], device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Frozen encoders: target latents ``x_0`` ``(B, C, F, h, w)``, reference latents ``(B, C, h, w)`` and CLIP
-        ``image_embeds`` ``(B, 1, D)`` of the first reference of every item."""
-        vae, image_encoder = self.models.vae, self.models.image_encoder
+        """The frozen VAE: target latents ``x_0`` ``(B, C, F, h, w)`` and reference latents ``(B, C, h, w)``; and
+        the CLIP pixel values ``(B, 3, S, S)`` of the first reference of every item."""
+        vae = self.models.vae
         target = batch["target"].to(device)
         frames = rearrange(target, "b c f h w -> (b f) c h w").to(vae.dtype)
         latents = rearrange(_encode_latents(vae, frames).float(), "(b f) c h w -> b c f h w", b=target.shape[0])
         reference_latents = _encode_latents(vae, batch["references"][:, 0].to(device, vae.dtype))
-        clip_pixels = batch["reference_clip_pixels"][:, 0].to(device, image_encoder.dtype)
-        image_embeds = image_encoder(clip_pixels).image_embeds.unsqueeze(1)
-        return latents, reference_latents, image_embeds
+        clip_pixels = batch["reference_clip_pixels"][:, 0].to(device)
+        return latents, reference_latents, clip_pixels
 
     def step(
         self,
@@ -336,7 +347,7 @@ class TeacherTrainingStep:
         """The min-SNR-weighted denoising loss of one batch."""
         config, scheduler = self.config, self.noise_scheduler
         device = self.models.denoising_unet.device
-        latents, reference_latents, image_embeds = self.encode_batch(batch, device)
+        latents, reference_latents, clip_pixels = self.encode_batch(batch, device)
         batch_size = latents.shape[0]
         generator_device = generator.device if generator is not None else device
 
@@ -354,7 +365,7 @@ class TeacherTrainingStep:
         guidance = {name: maps.to(device) for name, maps in batch["guidance"].items()}
 
         # 4. prediction, target, weighted loss
-        output = self.network(noisy_latents, timesteps, reference_latents, image_embeds, guidance, drop_mask).float()
+        output = self.network(noisy_latents, timesteps, reference_latents, clip_pixels, guidance, drop_mask).float()
         target = training_target(scheduler, latents, noise, timesteps)
         per_sample = (output - target).pow(2).flatten(1).mean(1)
         weights = torch.ones_like(per_sample)
