@@ -21,10 +21,10 @@ from einops import rearrange
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from ..models.guidance_encoder import MultiGuidanceEncoder
+from ..models.guidance_scale import guidance_condition
 from ..models.injection import install_guidance_injection, run_denoising_unet
 from ..models.motion import set_motion_norm_mode
 from ..models.reference_attention import ReferenceBank, check_reference_pairing, install_reference_attention
-from ..training.consistency import guidance_scale_embedding
 from .context import context_windows
 from .inputs import FramesInput, ImageInput, batch_items, guidance_to_tensors, reference_to_tensor, resize
 from .loading import check_pipeline_folder, loaded_components, looks_like_local_path
@@ -513,8 +513,8 @@ class ReferenceLCMPipeline(DiffusionPipeline):
         # 6. Guidance-scale embedding for LCMs distilled with one (w = guidance_scale - 1, as diffusers' LCM)
         timestep_cond = None
         if embeds_guidance:
-            timestep_cond = guidance_scale_embedding(
-                torch.full((num_videos,), guidance_scale - 1.0, device=device),
+            timestep_cond = guidance_condition(
+                torch.full((num_videos,), float(guidance_scale), device=device),
                 self.denoising_unet.config.time_cond_proj_dim,
             )
 
