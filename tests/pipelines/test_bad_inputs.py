@@ -31,7 +31,7 @@ def _with_nan(array):
 CALL_CASES = {
     "generator list longer than the batch": (
         lambda i: i.update(generator=[torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)]),
-        r"`generator` is a list of 2 generators, but the batch has 1 video"),
+        r"`generator` is a list of 2 generators, but the call makes 1 videos"),
     "generator list empty": (lambda i: i.update(generator=[]), r"`generator` is a list of 0 generators"),
     "NaN in a guidance tensor": (lambda i: i["guidance"].update(depth=_with_nan(i["guidance"]["depth"])),
                                  r"`guidance\['depth'\]` must hold finite values.*NaN"),
