@@ -209,10 +209,15 @@ def test_set_trainable_video_stage_trains_motion_modules_only():
 # -- the step --------------------------------------------------------------------------------------------------------
 
 
-def test_step_is_deterministic_and_dropout_changes_the_loss():
+def image_stage_step() -> tuple[TeacherTrainingStep, TeacherModels, DDIMScheduler]:
+    """A stage-image step (unconditional dropout 0.5) on tiny models."""
     models, scheduler = make_models()
     set_trainable(models, "image")
-    step = TeacherTrainingStep(models, scheduler, TeacherConfig(uncond_ratio=0.5))
+    return TeacherTrainingStep(models, scheduler, TeacherConfig(uncond_ratio=0.5)), models, scheduler
+
+
+def test_step_is_deterministic_and_dropout_changes_the_loss():
+    step, _, scheduler = image_stage_step()
     batch = make_batch()
     with torch.no_grad():
         first = step.step(batch, torch.Generator().manual_seed(3))
@@ -302,9 +307,7 @@ def test_person_crops_centre_on_the_person_or_fall_back_to_anywhere():
 def test_guidance_type_dropout_zeroes_a_type_like_leaving_it_out():
     """A dropped guidance type trains exactly what a call without that type computes; without dropout nothing more is
     drawn from the generator (runs reproduce what they did before the option existed)."""
-    models, scheduler = make_models()
-    set_trainable(models, "image")
-    step = TeacherTrainingStep(models, scheduler, TeacherConfig(uncond_ratio=0.5))
+    step, models, _ = image_stage_step()
     batch = make_batch()
     with torch.no_grad():
         plain = step.step(batch, torch.Generator().manual_seed(3))
