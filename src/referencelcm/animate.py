@@ -249,8 +249,11 @@ def extract_video_guidance(args: argparse.Namespace, pipe, folder: Path) -> str:
     printed; ``--fps`` lowered to the video's own rate when that is lower. Returns the folder."""
     from .extract.extraction import DWPOSE_FOLDER, extract_guidance, open_video
 
-    with naming("--video", f"{args.video} gives `{DWPOSE_FOLDER}` skeletons only, and --model"):
+    try:
         pipe.guidance_encoder.check_guidance_types((DWPOSE_FOLDER,), "guidance")
+    except ValueError as error:
+        raise ValueError(f"--video {args.video}: a video gives `{DWPOSE_FOLDER}` skeletons only, which this model "
+                         f"cannot take alone: {error}") from error
     size = video_guidance_size(pipe, open_video(args.video).size, args.width, args.height)
     result = extract_guidance(folder, video=args.video, reference=args.reference, fps=args.fps, size=size)
     for line in result.report():

@@ -9,7 +9,6 @@ which the pose solution needs, so it is installed without its dependencies, next
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import re
 import sys
@@ -31,7 +30,6 @@ _WARM_UP_SIZE = 64
 PERSON_THRESHOLD = 0.5  # segmentation probability from which a pixel is the person
 # MediaPipe's native start-up notices (TensorFlow Lite's delegate, absl's pre-init INFO / WARNING lines): nothing a user
 # can act on. Errors (absl's E / F lines) and anything else are passed on.
-_C_LIBRARY = ctypes.CDLL(None)
 _NATIVE_NOTICE = re.compile(r"^(INFO: |WARNING: All log messages before absl::InitializeLog|[IW]\d{4} \d\d:\d\d:)")
 
 
@@ -130,7 +128,6 @@ def quiet_native_logs() -> Iterator[None]:
             yield
         finally:
             sys.stderr.flush()
-            _C_LIBRARY.fflush(None)  # C stdio buffers, so that what was written in the block lands in the file
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
