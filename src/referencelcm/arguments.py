@@ -77,7 +77,10 @@ def check_output_folder(flag: str, path: str | os.PathLike) -> Path:
 
 def check_new_folder(flag: str, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """A folder to create: not a file nor under one, writable, and empty unless ``overwrite`` (then replaced)."""
-    path = check_output_folder(flag, path)
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path}: expected a folder to create; a file is in the way.")
+    check_output_folder(flag, path)
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise ValueError(f"{flag} {path}: the folder is not empty; pass --overwrite to replace it.")
     return path

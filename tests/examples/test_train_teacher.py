@@ -310,7 +310,7 @@ def test_sd15_style_folders_replace_components(workspace: Path, script, tmp_path
 
 def test_lr_schedule_is_the_same_with_two_processes(workspace: Path, tmp_path: Path):
     """accelerate steps a prepared LR scheduler once per process: warm-up and decay must not run twice as fast."""
-    arguments = [*base_args(workspace, "vae", "unused", steps=4), "--model_config", str(workspace / "tiny.json"),
+    arguments = [*base_args(workspace, "vae", "unused", steps=4), "--model_config", str(TINY_CONFIG),
                  "--train_batch_size", "1", "--lr_scheduler", "linear", "--lr_warmup_steps", "2",
                  "--checkpointing_steps", "100"]
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1"}  # gloo on the CPU

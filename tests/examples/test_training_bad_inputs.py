@@ -19,7 +19,9 @@ from referencelcm.data.synthdance import generate_dataset
 from ..conftest import build_components
 from ..test_state_dicts import Payload
 from . import load_example
-from .test_train_teacher import TINY_SIZES
+from .test_train_teacher import TINY_CONFIG
+
+TINY_SIZES = json.loads(TINY_CONFIG.read_text())
 
 REPO = Path(__file__).resolve().parents[2]
 TEACHER_SCRIPT = REPO / "examples" / "train_teacher.py"
