@@ -30,6 +30,11 @@ class BuildPyWithBundledModel(build_py):
 
 
 DEMO_REQUIREMENTS = ["gradio==6.31.0"]  # the version the web demo and its browser test are tested with
+# Pose extraction (`referencelcm extract-guidance`, `animate --video`) runs MediaPipe Pose, whose models ship inside
+# the mediapipe 0.10.21 wheel. That wheel's metadata pins numpy<2 and pulls jax, which pose estimation does not use, so
+# the extra holds the packages it does use and mediapipe itself goes in without its dependencies (README, .ci/run):
+#     pip install -e ".[extract]" && pip install --no-deps mediapipe==0.10.21
+EXTRACT_REQUIREMENTS = ["opencv-python-headless", "absl-py", "attrs", "flatbuffers", "protobuf<5"]
 BROWSER_TEST_REQUIREMENTS = ["playwright==1.65.3"]  # drives Debian's Chromium (apt-get install chromium)
 
 setup(
@@ -62,8 +67,10 @@ setup(
     ],
     extras_require={
         "xformers": ["xformers"],
-        "test": ["pytest>=7", "pytest-xdist", "pyyaml", "matplotlib", *DEMO_REQUIREMENTS, *BROWSER_TEST_REQUIREMENTS],
+        "test": ["pytest>=7", "pytest-xdist", "pyyaml", "matplotlib", "scikit-image", *DEMO_REQUIREMENTS,
+                 *BROWSER_TEST_REQUIREMENTS, *EXTRACT_REQUIREMENTS],
         "demo": DEMO_REQUIREMENTS,
+        "extract": EXTRACT_REQUIREMENTS,
         "plot": ["matplotlib"],
         "tracking": ["tensorboard"],
     },

@@ -46,6 +46,7 @@ from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 from referencelcm import MultiGuidanceEncoder, ReferenceLCMPipeline
 from referencelcm.arguments import check_output_folder
 from referencelcm.data.layout import MASK_FOLDER, list_videos
+from referencelcm.models.guidance_encoder import check_guidance_type_dropout
 from referencelcm.pipelines import factory
 from referencelcm.pipelines.loading import check_pipeline_argument, load_pipeline
 from referencelcm.training.checkpointing import (
@@ -120,6 +121,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "independently), 16 (video).")
     add("--frame_stride", type=int, default=1)
     add("--uncond_ratio", type=float, default=0.1, help="Per-sample dropout of image embeds and reference.")
+    add("--guidance_type_dropout", type=float, default=None, help="Stages image, video: drop each guidance type "
+        "per sample with this probability (its features zeroed), so the model animates from any non-empty subset of "
+        "its types (e.g. a skeleton alone); recorded in the guidance encoder's config. Default: the starting "
+        "model's (0 for new components).")
     add("--snr_gamma", type=float, default=5.0, help="Min-SNR-γ; 0 turns the weighting off.")
     add("--noise_offset", type=float, default=0.05)
     add("--kl_weight", type=float, default=1e-6, help="Stage vae: weight of the KL term.")
@@ -170,6 +175,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--vae_crop_size and --vae_person_weight are for --stage vae.")
     if args.train_image_encoder and args.stage != "image":
         parser.error("--train_image_encoder is for --stage image.")
+    if args.guidance_type_dropout is not None and args.stage == "vae":
+        parser.error("--guidance_type_dropout is for --stage image and video (the VAE reads no guidance).")
     if args.vae_crop_size > args.resolution:
         parser.error(f"--vae_crop_size {args.vae_crop_size} exceeds --resolution {args.resolution}.")
     return args
@@ -185,6 +192,8 @@ def check_arguments(args) -> None:
                                 "kl_weight", "max_grad_norm"))
     if not 0 <= args.uncond_ratio <= 1:
         raise ValueError(f"--uncond_ratio must be in [0, 1], got {args.uncond_ratio}.")
+    if args.guidance_type_dropout is not None:
+        check_guidance_type_dropout("--guidance_type_dropout", args.guidance_type_dropout)
     check_output_folder("--output_dir", args.output_dir)
     if args.pretrained_model is not None:
         check_pipeline_argument(args.pretrained_model, "--pretrained_model")
@@ -308,8 +317,11 @@ def with_denoising_unet(pipe: ReferenceLCMPipeline, unet: torch.nn.Module) -> Re
 
 def stage_pipeline(args) -> tuple[ReferenceLCMPipeline, UNetMotionModel | None]:
     """The starting point in the stage's form: stage video inflates the D-UNet; stage image trains the 2-D part of a
-    motion D-UNet, which is returned too so its motion modules can be put back on save."""
+    motion D-UNet, which is returned too so its motion modules can be put back on save. ``--guidance_type_dropout``
+    goes into the guidance encoder's config, where the training step (and later the distillation) reads it."""
     pipe = build_pipeline(args)
+    if args.guidance_type_dropout is not None:
+        pipe.guidance_encoder.register_to_config(guidance_type_dropout=args.guidance_type_dropout)
     if args.stage == "video":
         return inflate(pipe, args), None
     if args.stage == "image" and isinstance(pipe.denoising_unet, UNetMotionModel):
@@ -538,6 +550,9 @@ def save_output(
         f"`{Path(args.train_data_dir).name}` at {args.resolution} px, started from `{start}`. Sample with DDIM "
         f"(~20 steps) and guidance_scale 3.5; distil with examples/train_cosec_lcd.py."
     )
+    if pipe.guidance_encoder.accepts_subsets:
+        description += (f" Trained with guidance-type dropout {pipe.guidance_encoder.config.guidance_type_dropout}: "
+                        f"takes any non-empty subset of {list(pipe.guidance_types)}.")
     save_student_pipeline(pipe, args.output_dir, base_model=args.pretrained_model, description=description,
                           tags=TEACHER_TAGS + (f"stage-{args.stage}",), extra_files=extra_files)
     if args.push_to_hub:

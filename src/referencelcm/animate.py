@@ -1,4 +1,5 @@
-"""``referencelcm animate``: animate a reference image along a Champ-layout guidance folder, write an mp4.
+"""``referencelcm animate``: animate a reference image along a Champ-layout guidance folder, or along a video of a
+person (``--video``: its skeletons are extracted first, :mod:`referencelcm.extract`), and write an mp4.
 
 Also the engine of ``examples/inference.py``. With no ``--model`` it uses the bundled default model: the installed
 package's copy (``referencelcm/bundled/student``, put there by ``pip install .``) or the checkout's ``models/student``;
@@ -48,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="pipeline folder or Hub repo id (default: the bundled model, else a tiny random one)")
     parser.add_argument("--reference", help="reference image (default: first frame of the demo video)")
     parser.add_argument("--guidance", help="one video in Champ's layout: depth/ normal/ semantic_map/ dwpose/ [mask/]")
+    parser.add_argument("--video", help="instead of --guidance: a video of a person; its poses are extracted offline "
+                        "(dwpose skeletons, aligned to the --reference person) for a model that takes dwpose alone "
+                        "(trained with --guidance_type_dropout); --fps resamples it")
     parser.add_argument("--output", default="outputs/demo.mp4",
                         help=f"video to write, one of {', '.join(VIDEO_SUFFIXES)} (default: %(default)s)")
     parser.add_argument("--steps", type=int, help="denoising steps (default: 4 for an LCM, 20 for a teacher)")
@@ -185,6 +189,15 @@ def check_arguments(args: argparse.Namespace) -> slice | None:
     for flag, path in (("--guidance", args.guidance), ("--reference", args.reference)):
         if path is not None and not os.path.exists(path):
             raise FileNotFoundError(f"{flag} {path}: no such file or folder.")
+    if args.video is not None:
+        from .extract.detector import import_mediapipe
+        from .extract.extraction import open_video
+
+        if args.guidance is not None:
+            raise ValueError("pass either `--guidance` (a guidance folder) or `--video` (a video to extract it from), "
+                             "not both.")
+        open_video(args.video)  # readable, with a size and a frame rate
+        import_mediapipe()  # or a MissingDependencyError saying what to install
     return parse_frame_range(args.frames)
 
 
@@ -198,6 +211,55 @@ def write_outputs(
     if not grid:
         return path, None
     return path, write_video(side_by_side(reference, guidance, video), path.with_name(f"{path.stem}_grid.mp4"), fps)
+
+
+def guidance_types_to_read(pipe, guidance_dir: str) -> tuple[str, ...]:
+    """The model's guidance types, or for a model that takes any subset of them those ``--guidance`` holds."""
+    if not pipe.accepts_guidance_subsets:
+        return pipe.guidance_types
+    present = tuple(name for name in pipe.guidance_types if (Path(guidance_dir) / name).is_dir())
+    if not present:
+        raise FileNotFoundError(f"--guidance {guidance_dir}: has none of the folders {list(pipe.guidance_types)} this "
+                                "model reads (any non-empty subset of them will do).")
+    return present
+
+
+def video_guidance_size(pipe, source_size: tuple[int, int], width: int | None, height: int | None) -> tuple[int, int]:
+    """``(W, H)`` to extract ``--video`` at: ``--width`` / ``--height`` when given, the other side from the video's
+    aspect ratio; without either, the model's trained size (the D-UNet's ``sample_size`` times the VAE factor) on the
+    shorter side. Derived sides are rounded to the model's :attr:`spatial_multiple`."""
+    multiple = pipe.spatial_multiple
+    aspect = source_size[0] / source_size[1]
+
+    def rounded(value: float) -> int:
+        return max(multiple, round(value / multiple) * multiple)
+
+    if width is None and height is None:
+        sample_size = pipe.denoising_unet.config.sample_size
+        shorter = min(sample_size) if isinstance(sample_size, (list, tuple)) else sample_size
+        shorter *= pipe.vae_scale_factor
+        width, height = (shorter, None) if aspect <= 1 else (None, shorter)
+    if height is None:
+        return width, rounded(width / aspect)
+    return (rounded(height * aspect) if width is None else width), height
+
+
+def extract_video_guidance(args: argparse.Namespace, pipe, folder: Path) -> str:
+    """``--video``'s skeletons (aligned to ``--reference`` when given) written to ``folder``; the extraction report
+    printed; ``--fps`` lowered to the video's own rate when that is lower. Returns the folder."""
+    from .extract.extraction import DWPOSE_FOLDER, extract_guidance, open_video
+
+    try:
+        pipe.guidance_encoder.check_guidance_types((DWPOSE_FOLDER,), "guidance")
+    except ValueError as error:
+        raise ValueError(f"--video {args.video}: a video gives `{DWPOSE_FOLDER}` skeletons only, which this model "
+                         f"cannot take alone: {error}") from error
+    size = video_guidance_size(pipe, open_video(args.video).size, args.width, args.height)
+    result = extract_guidance(folder, video=args.video, reference=args.reference, fps=args.fps, size=size)
+    for line in result.report():
+        print(f"referencelcm: {line}")
+    args.fps = min(args.fps, result.fps)
+    return str(folder)
 
 
 def read_guidance(
@@ -224,17 +286,22 @@ def run(args: argparse.Namespace) -> int:
         if value is not None and value % pipe.spatial_multiple:
             raise ValueError(f"{flag} must be a multiple of {pipe.spatial_multiple} for this model, got {value}.")
 
-    # 2. guidance and reference
-    if args.guidance is None:
-        args.guidance = str(default_demo_video())
-        print(f"referencelcm: animating the demo video {args.guidance}")
-    guidance = read_guidance(args.guidance, pipe.guidance_types, frame_range, args.frames)
-    if args.reference is None:
-        image_dir = Path(args.guidance) / IMAGE_FOLDER
-        if not image_dir.is_dir():
-            raise ValueError(f"`--reference` is required: {str(args.guidance)!r} has no {IMAGE_FOLDER}/ folder to take it from.")
-        args.reference = str(image_dir / list_frames(args.guidance)[0])
-    reference = read_image("--reference", args.reference)
+    # 2. guidance (extracted from --video into a scratch folder first) and reference, read into memory
+    with tempfile.TemporaryDirectory(prefix="referencelcm-video-") as scratch:
+        if args.video is not None:
+            args.guidance = extract_video_guidance(args, pipe, Path(scratch) / "guidance")
+        elif args.guidance is None:
+            args.guidance = str(default_demo_video())
+            print(f"referencelcm: animating the demo video {args.guidance}")
+        guidance_types = guidance_types_to_read(pipe, args.guidance)
+        guidance = read_guidance(args.guidance, guidance_types, frame_range, args.frames)
+        if args.reference is None:
+            image_dir = Path(args.guidance) / IMAGE_FOLDER
+            if not image_dir.is_dir():
+                raise ValueError(f"`--reference` is required: {str(args.guidance)!r} has no {IMAGE_FOLDER}/ folder to "
+                                 "take it from.")
+            args.reference = str(image_dir / list_frames(args.guidance)[0])
+        reference = read_image("--reference", args.reference)
 
     # 3. animate
     default_steps, default_guidance_scale = default_sampling(pipe)

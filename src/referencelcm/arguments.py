@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -71,6 +73,43 @@ def check_output_folder(flag: str, path: str | os.PathLike) -> Path:
         raise ValueError(f"{flag} {path}: is a file; expected a folder.")
     _check_parent_writable(flag, path)
     return path
+
+
+def check_new_folder(flag: str, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """A folder to create: not a file nor under one, writable, and empty unless ``overwrite`` (then replaced)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path}: expected a folder to create; a file is in the way.")
+    check_output_folder(flag, path)
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise ValueError(f"{flag} {path}: the folder is not empty; pass --overwrite to replace it.")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_output_dir(flag: str, path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a staging folder next to ``path`` (checked by :func:`check_new_folder`); on success it replaces ``path``
+    by renaming, on any error it is removed and ``path`` is left as it was (with no parent folder created for it)."""
+    path = check_new_folder(flag, path, overwrite)
+    created = missing_parents(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.writing-", dir=path.parent))
+    try:
+        yield staging
+        previous = None
+        if path.exists():
+            previous = Path(tempfile.mkdtemp(prefix=f".{path.name}.replaced-", dir=path.parent))
+            path.rename(previous / path.name)
+        staging.rename(path)
+        if previous is not None:
+            shutil.rmtree(previous)
+    except BaseException:
+        shutil.rmtree(created if created is not None else staging, ignore_errors=True)
+        raise
+
+
+class MissingDependencyError(ImportError):
+    """An optional dependency is not installed; the message says what to install (the CLI prints it as one line)."""
 
 
 def _suffix_hint(suffixes: tuple[str, ...] | None) -> str:

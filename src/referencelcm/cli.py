@@ -1,7 +1,9 @@
-"""The ``referencelcm`` command line: ``animate``, ``synth``, ``convert-champ``, ``demo``.
+"""The ``referencelcm`` command line: ``animate``, ``extract-guidance``, ``synth``, ``convert-champ``, ``demo``.
 
 Every sub-command lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``; this file only
-dispatches. Bad input (``ValueError``, ``FileNotFoundError``) is printed as one line and exits with status 2.
+dispatches. Bad input (``ValueError``, ``FileNotFoundError``) and a missing optional dependency
+(:class:`~referencelcm.arguments.MissingDependencyError`, saying what to install) are printed as one line and exit with
+status 2.
 """
 
 from __future__ import annotations
@@ -10,9 +12,13 @@ import argparse
 import importlib
 import sys
 
+from .arguments import MissingDependencyError
+
 # name -> (module, one-line help); modules are imported lazily so `--help` stays fast.
 SUBCOMMANDS = {
-    "animate": ("referencelcm.animate", "animate a reference image with a pose-guidance folder"),
+    "animate": ("referencelcm.animate", "animate a reference image with a pose-guidance folder or a video"),
+    "extract-guidance": ("referencelcm.extract.cli",
+                         "make a guidance folder (skeletons, masks) from a video of a person, offline"),
     "synth": ("referencelcm.data.synthdance.cli", "generate a SynthDance dataset in Champ's layout"),
     "convert-champ": ("referencelcm.convert.champ", "convert Champ checkpoints into a pipeline folder"),
     "demo": ("referencelcm.demo", "start the web demo (Gradio): animate in the browser"),
@@ -34,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, MissingDependencyError) as error:
         print(f"referencelcm {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -1,18 +1,22 @@
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import imageio
 import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from referencelcm import ReferenceLCMPipeline
-from referencelcm.animate import parse_frame_range, write_video
+from referencelcm.animate import parse_frame_range, video_guidance_size, write_video
 from referencelcm.cli import main
 from referencelcm.data.synthdance import generate_dataset
 
 from ..conftest import build_components
+from ..extract import astronaut, requires_mediapipe, write_driving_video
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 
@@ -113,3 +117,89 @@ def test_module_entry_point_prints_errors_without_traceback(tmp_path):
     )
     assert result.returncode == 2
     assert "error:" in result.stderr and "Traceback" not in result.stderr
+
+
+# -- a model that takes any subset of its guidance types, and --video ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def subset_model_dir(tmp_path_factory) -> Path:
+    """A tiny model whose guidance encoder records guidance-type dropout: it takes `dwpose` alone."""
+    path = tmp_path_factory.mktemp("subset-model")
+    components = build_components(guidance_types=("depth", "normal", "semantic_map", "dwpose"))
+    components["guidance_encoder"].register_to_config(guidance_type_dropout=0.5)
+    ReferenceLCMPipeline(**components).save_pretrained(path)
+    return path
+
+
+def test_a_subset_model_animates_the_guidance_folders_present(tmp_path, video_dir, subset_model_dir, capsys):
+    skeleton_only = tmp_path / "video"
+    skeleton_only.mkdir()
+    for name in ("images", "dwpose"):
+        (skeleton_only / name).symlink_to(video_dir / name)
+    output = tmp_path / "result.mp4"
+    assert main(["animate", "--model", str(subset_model_dir), "--guidance", str(skeleton_only), "--output",
+                 str(output), "--steps", "1"]) == 0
+    assert iio.imread(output).shape[0] == 4
+    assert iio.imread(output.with_name("result_grid.mp4")).shape[2] == 3 * 32  # reference | dwpose | result
+    (skeleton_only / "dwpose").unlink()
+    assert main(["animate", "--model", str(subset_model_dir), "--guidance", str(skeleton_only), "--output",
+                 str(tmp_path / "none.mp4")]) == 2
+    assert "has none of the folders ['depth', 'normal', 'semantic_map', 'dwpose']" in capsys.readouterr().err
+
+
+@requires_mediapipe
+def test_animate_from_a_video_extracts_aligns_and_animates(tmp_path, subset_model_dir, monkeypatch, capsys):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the extracted guidance goes for the run
+    video = write_driving_video(tmp_path / "driving.mp4")
+    reference = tmp_path / "astronaut.png"
+    Image.fromarray(astronaut()).save(reference)
+    output = tmp_path / "out" / "result.mp4"
+    assert main(["animate", "--model", str(subset_model_dir), "--video", str(video), "--reference", str(reference),
+                 "--output", str(output), "--steps", "1", "--fps", "5"]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 2 frames at 5 fps" in printed and "pose aligned to the reference: scale" in printed
+    frames = iio.imread(output)
+    assert frames.shape == (2, 32, 32, 3)  # the model's 32 px on the shorter side; --fps 5 of the video's 10
+    assert iio.imread(output.with_name("result_grid.mp4")).shape[2] == 3 * 32
+    assert not list(scratch.iterdir())  # the extracted guidance is gone
+
+
+@requires_mediapipe
+def test_animate_from_a_video_with_a_model_that_needs_every_type(tmp_path, model_dir, capsys):
+    video = write_driving_video(tmp_path / "driving.mp4", shifts=(25,))
+    assert main(["animate", "--model", str(model_dir), "--video", str(video), "--output",
+                 str(tmp_path / "out.mp4")]) == 2
+    error = capsys.readouterr().err
+    assert "--video" in error and "gives `dwpose` skeletons only, which this model cannot take alone" in error
+    assert "--guidance_type_dropout P" in error
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_video_arguments_are_checked_before_the_model_loads(tmp_path, video_dir, monkeypatch, capsys):
+    missing_model = str(tmp_path / "no-model")  # never reached: each error comes first
+    not_a_video = tmp_path / "notes.mp4"
+    not_a_video.write_text("not a video")
+    common = ["animate", "--model", missing_model, "--output", str(tmp_path / "o.mp4")]
+    assert main([*common, "--video", str(not_a_video), "--guidance", str(video_dir)]) == 2
+    assert "either `--guidance`" in capsys.readouterr().err
+    assert main([*common, "--video", str(not_a_video)]) == 2
+    assert "--video" in capsys.readouterr().err
+    driving = tmp_path / "driving.mp4"
+    with imageio.get_writer(driving, fps=10) as writer:
+        writer.append_data(np.zeros((16, 16, 3), np.uint8))
+    monkeypatch.setitem(sys.modules, "mediapipe", None)
+    assert main([*common, "--video", str(driving)]) == 2
+    assert "pip install --no-deps mediapipe==0.10.21" in capsys.readouterr().err
+
+
+def test_video_guidance_size_follows_the_model_and_the_video(pipe):
+    """Without --width / --height the model's trained size (32 px here) on the shorter side, the other side from the
+    video's aspect ratio, rounded to the model's spatial multiple."""
+    multiple = pipe.spatial_multiple
+    assert video_guidance_size(pipe, (1920, 1080), None, None) == (round(32 * 16 / 9 / multiple) * multiple, 32)
+    assert video_guidance_size(pipe, (1080, 1920), None, None)[0] == 32
+    assert video_guidance_size(pipe, (640, 480), 64, None) == (64, round(48 / multiple) * multiple)
+    assert video_guidance_size(pipe, (640, 480), 96, 32) == (96, 32)

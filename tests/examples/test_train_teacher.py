@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel, UNetMotionModel
+from PIL import Image
 
 from referencelcm import ReferenceLCMPipeline
+from referencelcm.data.layout import read_guidance_folder
 from referencelcm.data.synthdance import generate_dataset
 from referencelcm.models.injection import run_denoising_unet
 from referencelcm.pipelines import factory
@@ -119,6 +121,58 @@ def test_vae_flags_are_checked(script, workspace: Path, capsys):
     with pytest.raises(SystemExit):
         script.parse_args(base_args(workspace, "image", "image") + ["--vae_person_weight", "2"])
     assert "are for --stage vae" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def subset_output(workspace: Path, vae_output: Path, script) -> Path:
+    """An image-stage teacher trained a few steps with guidance-type dropout."""
+    script.main(base_args(workspace, "image", "subset", steps=3) + [
+        "--pretrained_model", str(vae_output), "--learning_rate", "1e-3", "--guidance_type_dropout", "0.5",
+        "--checkpointing_steps", "100"])
+    return workspace / "subset"
+
+
+def test_a_model_trained_with_guidance_type_dropout_animates_from_a_skeleton_alone(
+    workspace: Path, image_output: Path, subset_output: Path
+):
+    """The dropout is recorded with the model, its pipeline takes the skeleton alone (SynthDance dwpose maps), the
+    distillation keeps it, and a model trained without it says how to get one that does."""
+    assert "guidance_type_drop_fraction" in read_metrics(subset_output / "logs")[-1]
+    pipe = ReferenceLCMPipeline.from_pretrained(subset_output)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.guidance_encoder.config.guidance_type_dropout == 0.5 and pipe.accepts_guidance_subsets
+    assert "dwpose" in pipe.guidance_types and len(pipe.guidance_types) > 1
+    video = workspace / "data" / sorted(path.name for path in (workspace / "data").iterdir() if path.is_dir())[0]
+    skeletons = {"dwpose": read_guidance_folder(video, ["dwpose"], slice(0, 3))["dwpose"]}
+    reference = Image.open(video / "images" / "0000.png")
+    frames = pipe(reference, skeletons, num_inference_steps=2, guidance_scale=3.5,
+                  generator=torch.Generator().manual_seed(0), output_type="pt").frames[0]
+    assert frames.shape == (3, 3, 32, 32) and bool(torch.isfinite(frames).all())
+
+    distilled = workspace / "subset-student"
+    load_example(REPO / "examples" / "train_cosec_lcd.py").main([
+        "--pretrained_teacher_model", str(subset_output), "--train_data_dir", str(workspace / "data"),
+        "--output_dir", str(distilled), "--resolution", "32", "--train_batch_size", "2", "--max_train_steps", "1",
+        "--report_to", "none", "--seed", "0"])
+    student = ReferenceLCMPipeline.from_pretrained(distilled)
+    student.set_progress_bar_config(disable=True)
+    assert student.accepts_guidance_subsets and "guidance_type_drop_fraction" in read_metrics(distilled / "logs")[-1]
+    frames = student(reference, skeletons, num_inference_steps=2, output_type="pt").frames[0]
+    assert frames.shape == (3, 3, 32, 32) and bool(torch.isfinite(frames).all())
+
+    full = ReferenceLCMPipeline.from_pretrained(image_output)
+    assert not full.accepts_guidance_subsets
+    with pytest.raises(ValueError, match="missing \\['depth'\\].*--guidance_type_dropout P"):
+        full(reference, skeletons, num_inference_steps=2)
+
+
+def test_guidance_type_dropout_is_checked(workspace: Path, script, capsys):
+    with pytest.raises(SystemExit):
+        script.parse_args(base_args(workspace, "vae", "vae") + ["--guidance_type_dropout", "0.5"])
+    assert "--guidance_type_dropout is for --stage image and video" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--guidance_type_dropout must be in \\[0, 1\\), got 1.0"):
+        script.main(base_args(workspace, "image", "never") + ["--guidance_type_dropout", "1"])
+    assert not (workspace / "never").exists()
 
 
 def test_image_stage_trains_read_layers_only(vae_output: Path, image_output: Path):

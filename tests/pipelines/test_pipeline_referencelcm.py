@@ -139,6 +139,27 @@ def test_reference_and_guidance_change_the_output(pipe, inputs):
     assert not np.allclose(generate(pipe, {**inputs, "guidance": other_guidance}), baseline, atol=1e-4)
 
 
+def test_a_subset_model_animates_from_one_type_and_a_missing_type_contributes_nothing(pipe, inputs):
+    """A model trained with guidance-type dropout takes the skeleton alone; the result is what the full call gives
+    when the missing type's encoder outputs zeros (a dropped type in training). A model without it names the fix."""
+    randomize_guidance_encoder(pipe.guidance_encoder)
+    skeleton_only = {**inputs, "guidance": {"dwpose": inputs["guidance"]["dwpose"]}}
+    with pytest.raises(ValueError, match="missing \\['depth'\\].*--guidance_type_dropout P"):
+        generate(pipe, skeleton_only)
+    pipe.guidance_encoder.register_to_config(guidance_type_dropout=0.5)
+    assert pipe.accepts_guidance_subsets
+    subset = generate(pipe, skeleton_only, output_type="latent")
+    with torch.no_grad():
+        torch.nn.init.zeros_(pipe.guidance_encoder.encoders["depth"].conv_out.weight)
+        torch.nn.init.zeros_(pipe.guidance_encoder.encoders["depth"].conv_out.bias)
+    assert torch.allclose(subset, generate(pipe, inputs, output_type="latent"), atol=1e-6)
+    with pytest.raises(ValueError, match="same guidance types; `guidance\\[0\\]` has \\['depth', 'dwpose'\\], "
+                                         "`guidance\\[1\\]` \\['dwpose'\\]"):
+        generate(pipe, {**inputs, "guidance": [inputs["guidance"], skeleton_only["guidance"]]})
+    with pytest.raises(ValueError, match="non-empty subset"):
+        generate(pipe, {**inputs, "guidance": {"mask": inputs["guidance"]["dwpose"]}})
+
+
 def test_guidance_scale_embedding_is_used():
     pipe = make_pipe(time_cond_proj_dim=8)
     inputs = make_inputs(2)

@@ -177,3 +177,20 @@ def test_bad_config_is_rejected():
         DistillationConfig(phase="both")
     with pytest.raises(ValueError, match="w_min"):
         DistillationConfig(w_min=1.0)
+
+
+def test_the_teachers_guidance_type_dropout_is_kept_per_item():
+    """With a teacher trained with guidance-type dropout, every item's types are dropped as in its training, once per
+    item (an equivalent group shares its guidance), for teacher, target and student alike."""
+    step = make_step()
+    plain = step.step(make_batch(), torch.Generator().manual_seed(0))
+    assert "guidance_type_drop_fraction" not in plain.terms
+    step.models.guidance_encoder.register_to_config(guidance_type_dropout=0.5)
+    masks = []
+    step.models.guidance_encoder.register_forward_hook(
+        lambda _module, _args, kwargs, _output: masks.append(kwargs["drop_mask"]), with_kwargs=True)
+    first = step.step(make_batch(), torch.Generator().manual_seed(0))
+    again = step.step(make_batch(), torch.Generator().manual_seed(0))
+    assert masks[0].shape == (BATCH_SIZE, len(GUIDANCE_TYPES)) and torch.equal(masks[0], masks[1])
+    assert first.terms["guidance_type_drop_fraction"] == masks[0].float().mean().item()
+    torch.testing.assert_close(first.loss, again.loss)

@@ -223,10 +223,15 @@ def test_set_trainable_video_stage_trains_motion_modules_only():
 # -- the step --------------------------------------------------------------------------------------------------------
 
 
-def test_step_is_deterministic_and_dropout_changes_the_loss():
+def image_stage_step() -> tuple[TeacherTrainingStep, TeacherModels, DDIMScheduler]:
+    """A stage-image step (unconditional dropout 0.5) on tiny models."""
     models, scheduler = make_models()
     set_trainable(models, "image")
-    step = TeacherTrainingStep(models, scheduler, TeacherConfig(uncond_ratio=0.5))
+    return TeacherTrainingStep(models, scheduler, TeacherConfig(uncond_ratio=0.5)), models, scheduler
+
+
+def test_step_is_deterministic_and_dropout_changes_the_loss():
+    step, _, scheduler = image_stage_step()
     batch = make_batch()
     with torch.no_grad():
         first = step.step(batch, torch.Generator().manual_seed(3))
@@ -311,3 +316,27 @@ def test_person_crops_centre_on_the_person_or_fall_back_to_anywhere():
         person_crops(pixels, masks, 33)
     with pytest.raises(ValueError, match="agree"):
         person_crops(pixels, masks[:1], 8)
+
+
+def test_guidance_type_dropout_zeroes_a_type_like_leaving_it_out():
+    """A dropped guidance type trains exactly what a call without that type computes; without dropout nothing more is
+    drawn from the generator (runs reproduce what they did before the option existed)."""
+    step, models, _ = image_stage_step()
+    batch = make_batch()
+    with torch.no_grad():
+        plain = step.step(batch, torch.Generator().manual_seed(3))
+        assert "guidance_type_drop_fraction" not in plain.terms
+        models.guidance_encoder.register_to_config(guidance_type_dropout=0.5)
+        drop_depth = torch.tensor([[True, False]] * BATCH_SIZE)  # GUIDANCE_TYPES order: depth, dwpose
+        dropped = step.step(batch, torch.Generator().manual_seed(3), guidance_drop_mask=drop_depth)
+        without_depth = {**batch, "guidance": {"dwpose": batch["guidance"]["dwpose"]}}
+        left_out = step.step(without_depth, torch.Generator().manual_seed(3),
+                             guidance_drop_mask=torch.zeros(BATCH_SIZE, 2, dtype=torch.bool))
+        sampled = step.step(batch, torch.Generator().manual_seed(3))
+    assert GUIDANCE_TYPES == ("depth", "dwpose")
+    torch.testing.assert_close(dropped.per_sample_loss, left_out.per_sample_loss)
+    assert not torch.allclose(dropped.per_sample_loss, plain.per_sample_loss)
+    assert dropped.terms["guidance_type_drop_fraction"] == 0.5
+    # the random mask is drawn after everything else: same noise, timesteps and unconditional dropout as before
+    assert torch.equal(sampled.timesteps, plain.timesteps) and torch.equal(sampled.drop_mask, plain.drop_mask)
+    assert "guidance_type_drop_fraction" in sampled.terms

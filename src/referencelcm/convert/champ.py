@@ -21,8 +21,6 @@ import argparse
 import contextlib
 import json
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
@@ -34,7 +32,7 @@ from diffusers.utils import logging as diffusers_logging
 from torch import nn
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-from ..arguments import check_at_least, check_output_folder
+from ..arguments import atomic_output_dir, check_at_least, check_new_folder
 from ..models.guidance_encoder import MultiGuidanceEncoder
 from ..models.motion import set_motion_norm_mode
 from ..pipelines.loading import check_component_folder
@@ -470,36 +468,6 @@ def write_model_index(folder: Path) -> None:
     (folder / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
-def check_output(output: Path, overwrite: bool) -> None:
-    """Refuse an output that is a file or under one, or a non-empty folder unless ``overwrite``."""
-    if output.exists() and not output.is_dir():
-        raise ValueError(f"--output {output}: expected a folder to create; a file is in the way.")
-    check_output_folder("--output", output)
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise ValueError(f"--output {output}: the folder is not empty; pass --overwrite to replace it.")
-
-
-@contextlib.contextmanager
-def atomic_output_dir(output: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a staging folder next to ``output``; on success it replaces ``output`` by renaming, on error it is
-    removed and ``output`` is left as it was."""
-    check_output(output, overwrite)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.converting-", dir=output.parent))
-    try:
-        yield staging
-        previous = None
-        if output.exists():
-            previous = Path(tempfile.mkdtemp(prefix=f".{output.name}.replaced-", dir=output.parent))
-            output.rename(previous / output.name)
-        staging.rename(output)
-        if previous is not None:
-            shutil.rmtree(previous)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
 def _save(component: nn.Module, folder: Path, dtype: torch.dtype) -> None:
     # .half()/.float() rather than .to(dtype), which makes diffusers warn about fp32 modules even when there are none
     component = component.half() if dtype == torch.float16 else component.float()
@@ -566,7 +534,7 @@ def convert_champ(
     )
     scheduler = settings.scheduler
     output = Path(output)
-    check_output(output, overwrite)
+    check_new_folder("--output", output, overwrite)
     paths = resolve_champ_paths(
         champ_dir,
         guidance_types=settings.guidance_types,
@@ -583,7 +551,7 @@ def convert_champ(
     torch_dtype = DTYPES[dtype]
     base = _BaseWeights(paths.base_unet_weights)
 
-    with atomic_output_dir(output, overwrite) as staging:
+    with atomic_output_dir("--output", output, overwrite) as staging:
         # 2. scheduler, image encoder + feature extractor, VAE: Champ uses them as they are
         scheduler.save_pretrained(staging / "scheduler")
         log(f"image encoder, VAE <- {paths.image_encoder}, {paths.vae}")

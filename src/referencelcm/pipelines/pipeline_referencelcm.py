@@ -136,8 +136,15 @@ class ReferenceLCMPipeline(DiffusionPipeline):
 
     @property
     def guidance_types(self) -> tuple[str, ...]:
-        """The guidance types the model was trained with (the keys ``guidance`` must hold)."""
+        """The guidance types the model was trained with: the keys ``guidance`` holds (all of them, or any non-empty
+        subset when :attr:`accepts_guidance_subsets`)."""
         return tuple(self.guidance_encoder.config.guidance_types)
+
+    @property
+    def accepts_guidance_subsets(self) -> bool:
+        """Whether ``guidance`` may hold any non-empty subset of :attr:`guidance_types` (a model trained with
+        ``train_teacher.py --guidance_type_dropout``); missing types contribute zero features."""
+        return self.guidance_encoder.accepts_subsets
 
     @property
     def guidance_scale(self) -> float:
@@ -181,14 +188,12 @@ class ReferenceLCMPipeline(DiffusionPipeline):
         (``(B, C, F, h, w)``, or ``None``) must be finite.
         """
         guidance_batch = [guidance] if isinstance(guidance, Mapping) else list(guidance)
-        expected = set(self.guidance_types)
         for index, maps in enumerate(guidance_batch):
             name = "guidance" if isinstance(guidance, Mapping) else f"guidance[{index}]"
-            if set(maps) != expected:
-                raise ValueError(
-                    f"`{name}` must hold exactly the guidance types {sorted(expected)} this model was trained with; "
-                    f"missing {sorted(expected - set(maps))}, unknown {sorted(set(maps) - expected)}."
-                )
+            self.guidance_encoder.check_guidance_types(maps, name)
+            if set(maps) != set(guidance_batch[0]):
+                raise ValueError(f"Every video of a batch must have the same guidance types; `guidance[0]` has "
+                                 f"{sorted(guidance_batch[0])}, `{name}` {sorted(maps)}.")
         self._check_batch(guidance_batch, num_references, num_videos_per_prompt, generator)
         for name, size in (("height", height), ("width", width)):
             if size < self.spatial_multiple or size % self.spatial_multiple != 0:
@@ -281,7 +286,7 @@ class ReferenceLCMPipeline(DiffusionPipeline):
 
         Args:
             references: ``R`` images ``(3, H_i, W_i)`` in ``[0, 1]``.
-            guidance: ``G`` videos' ``{type: (F, 3, H_i, W_i)}`` (one ``F`` for all).
+            guidance: ``G`` videos' ``{type: (F, 3, H_i, W_i)}`` (one ``F`` and one set of types for all).
 
         Returns:
             ``(R, 3, height, width)`` references and ``{type: (G, 3, F, height, width)}`` guidance maps.
@@ -292,6 +297,7 @@ class ReferenceLCMPipeline(DiffusionPipeline):
                 [rearrange(resize(maps[name], height, width), "f c h w -> c f h w") for maps in guidance]
             )
             for name in self.guidance_types
+            if name in guidance[0]
         }
         return reference, guidance_maps
 
@@ -444,10 +450,11 @@ class ReferenceLCMPipeline(DiffusionPipeline):
         Args:
             reference_image: PIL image, numpy ``(H, W, 3)`` uint8, or torch ``(3, H, W)`` in ``[0, 1]``; 1- or
                 4-channel images are converted to RGB. A list of them is a batch (video ``i`` animates image ``i``).
-            guidance: ``{type: frames}`` for exactly :attr:`guidance_types`; frames are a list of PIL images, numpy
-                ``(F, H, W, 3)`` or torch ``(F, 3, H, W)`` in ``[0, 1]``; every type has the same ``F``. A list of
-                such dicts is a batch, as long as the list of references (one ``F`` for all); a single reference
-                or a single dict is shared by every video of the batch.
+            guidance: ``{type: frames}`` for exactly :attr:`guidance_types` (any non-empty subset of them when
+                :attr:`accepts_guidance_subsets`: missing types contribute nothing); frames are a list of PIL
+                images, numpy ``(F, H, W, 3)`` or torch ``(F, 3, H, W)`` in ``[0, 1]``; every type has the same
+                ``F``. A list of such dicts is a batch, as long as the list of references (one ``F`` and one set of
+                types for all); a single reference or a single dict is shared by every video of the batch.
             num_inference_steps: denoising steps (2–4 for a distilled model, ~20 for a DDIM teacher).
             timesteps: custom timesteps, strictly decreasing, instead of the scheduler's spacing for
                 ``num_inference_steps`` (which is then ignored), for schedulers that take them (``LCMScheduler``).

@@ -13,6 +13,9 @@ Data flow for a batch of ``B`` dataset items with ``k`` references each (``N = B
    one call) → x̂_0, ε̂ → DDIM solver step to ``x̂_{t_n}`` (Ψ of Eq. 3); EMA target ``f_θ⁻(x̂_{t_n}, t_n)``.
 5. ``L_CD`` = mean ``D(f_θ, f_θ⁻)`` (Eq. 3); spatial phase adds ``R_spt = φ1·ETA − φ2·CoNS`` on the student's x̂_0
    (Eqs. 4–5), temporal phase adds ``λ·R_tmp`` (Eqs. 7–8). No condition dropout: the student learns the guided ODE.
+   The one exception is the teacher's guidance-type dropout (its guidance encoder's ``guidance_type_dropout`` P > 0):
+   each item's guidance types are dropped with P, as in the teacher's training, for teacher, EMA target and student
+   alike, so the student too animates from any subset of the types.
 """
 
 from __future__ import annotations
@@ -154,15 +157,18 @@ class ConsistencyDistillationStep:
     # -- stages -----------------------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def encode_batch(self, batch: Mapping[str, Any], device: torch.device) -> EncodedBatch:
-        """VAE latents and guidance features once per item, CLIP embeds and the R-UNet bank once per sample."""
+    def encode_batch(
+        self, batch: Mapping[str, Any], device: torch.device, guidance_drop_mask: torch.Tensor | None = None
+    ) -> EncodedBatch:
+        """VAE latents and guidance features once per item, CLIP embeds and the R-UNet bank once per sample;
+        ``guidance_drop_mask`` ``(B, T)`` zeroes the features of the dropped guidance types of each item."""
         models = self.models
         batch_size, num_references = batch["references"].shape[:2]
         target = batch["target"].to(device)
         frames = rearrange(target, "b c f h w -> (b f) c h w").to(models.vae.dtype)
         latents = rearrange(_encode_latents(models.vae, frames).float(), "(b f) c h w -> b c f h w", b=batch_size)
         guidance = {name: maps.to(device, models.guidance_encoder.dtype) for name, maps in batch["guidance"].items()}
-        guidance_features = models.guidance_encoder(guidance).float()
+        guidance_features = models.guidance_encoder(guidance, drop_mask=guidance_drop_mask).float()
 
         references = rearrange(batch["references"].to(device), "b k c h w -> (b k) c h w")
         clip_pixels = rearrange(batch["reference_clip_pixels"].to(device), "b k c h w -> (b k) c h w")
@@ -283,7 +289,9 @@ class ConsistencyDistillationStep:
     def step(self, batch: Mapping[str, Any], generator: torch.Generator | None = None) -> DistillationOutput:
         """The loss ``L_CD + R_spt`` (phase 1, Eq. 5) or ``L_CD + λ·R_tmp`` (phase 2, Eq. 8) of one batch."""
         device = unwrap_model(self.models.student_unet).device
-        encoded = self.encode_batch(batch, device)
+        guidance_drop_mask = unwrap_model(self.models.guidance_encoder).sample_drop_mask(  # None without dropout
+            batch["references"].shape[0], generator, device)
+        encoded = self.encode_batch(batch, device, guidance_drop_mask)
         batch_size = encoded.latents.shape[0] // encoded.num_references
         noise, index, start, previous, guidance_scale = self.sample_conditions(
             batch_size, encoded.num_references, generator, encoded.latents
@@ -301,6 +309,8 @@ class ConsistencyDistillationStep:
         regulariser, terms = self.regularise(student, encoded)
         loss = consistency + regulariser
         terms = {"loss": loss.item(), "consistency": consistency.item(), **terms}
+        if guidance_drop_mask is not None:
+            terms["guidance_type_drop_fraction"] = guidance_drop_mask.float().mean().item()
         return DistillationOutput(
             loss=loss,
             terms=terms,

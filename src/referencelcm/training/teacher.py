@@ -12,7 +12,11 @@ Objective for a batch of ``B`` items (``x_0`` the VAE latents of the target fram
 1. ``ε ~ N(0, I)`` plus a noise offset ``offset · N(0, I)`` of shape ``(B, C, 1, 1, 1)`` (:func:`offset_noise`).
 2. ``t ~ U{0, …, T − 1}`` per sample; ``x_t = sqrt(ᾱ_t)·x_0 + sqrt(1 − ᾱ_t)·ε`` (the scheduler's ``add_noise``).
 3. Per-sample unconditional dropout at ``uncond_ratio`` (:func:`sample_drop_mask`): a dropped sample gets zero image
-   embeddings and no reference tokens; the pose guidance stays (the unconditional branch of CFG at inference).
+   embeddings and no reference tokens; the pose guidance stays (the unconditional branch of CFG at inference). For a
+   guidance encoder with ``guidance_type_dropout`` P > 0 (``train_teacher.py --guidance_type_dropout``), each guidance
+   type of each sample is also dropped with P, its features zeroed
+   (:meth:`~referencelcm.models.guidance_encoder.MultiGuidanceEncoder.sample_drop_mask`), so that the model learns to
+   animate from any subset of its types.
 4. Target per the scheduler's ``prediction_type``; for v-prediction ``v = sqrt(ᾱ_t)·ε − sqrt(1 − ᾱ_t)·x_0``
    (``scheduler.get_velocity``). Loss = mean over samples of ``w(t) · ‖output − target‖²`` with the min-SNR-γ weight
    ``w`` (:func:`min_snr_weights`; Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting").
@@ -274,10 +278,11 @@ class ReferenceNet(nn.Module):
         clip_pixels: torch.Tensor,
         guidance: Mapping[str, torch.Tensor],
         drop_mask: torch.Tensor,
+        guidance_drop_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """D-UNet output ``(B, C, F, h, w)`` for ``x_t`` ``(B, C, F, h, w)``, reference latents ``(B, C, h, w)``,
-        the reference's CLIP pixel values ``(B, 3, S, S)``, guidance ``{type: (B, 3, F, H, W)}`` and the ``(B,)``
-        dropout mask."""
+        the reference's CLIP pixel values ``(B, 3, S, S)``, guidance ``{type: (B, 3, F, H, W)}``, the ``(B,)``
+        dropout mask and the ``(B, T)`` guidance-type dropout mask (``None``: every type kept)."""
         image_encoder, reference_unet = self.image_encoder, self.reference_unet
         with torch.set_grad_enabled(torch.is_grad_enabled() and _has_trainable(image_encoder)):
             image_embeds = image_encoder(clip_pixels.to(image_encoder.dtype)).image_embeds.unsqueeze(1)  # (B, 1, D)
@@ -292,7 +297,7 @@ class ReferenceNet(nn.Module):
             )
         image_embeds, bank = drop_conditions(image_embeds, bank, drop_mask)
         with torch.set_grad_enabled(torch.is_grad_enabled() and _has_trainable(self.guidance_encoder)):
-            guidance_features = self.guidance_encoder(guidance)
+            guidance_features = self.guidance_encoder(guidance, drop_mask=guidance_drop_mask)
         return run_denoising_unet(self.denoising_unet, noisy_latents, timesteps, image_embeds, bank, guidance_features)
 
 
@@ -307,9 +312,10 @@ class TeacherTrainingStep:
         network: the :class:`ReferenceNet` of ``models`` to call, e.g. as wrapped by ``accelerator.prepare``;
             default: a new one.
 
-    ``step(batch, generator, drop_mask=None)`` takes a ``collate_reference_batch`` batch with one reference per item
-    (``references`` ``(B, 1, 3, H, W)``; the first is used when there are more) and a ``torch.Generator`` for noise,
-    timesteps and dropout; ``drop_mask`` ``(B,)`` bool overrides the random dropout (tests).
+    ``step(batch, generator, drop_mask=None, guidance_drop_mask=None)`` takes a ``collate_reference_batch`` batch
+    with one reference per item (``references`` ``(B, 1, 3, H, W)``; the first is used when there are more) and a
+    ``torch.Generator`` for noise, timesteps and dropout; ``drop_mask`` ``(B,)`` bool overrides the random
+    unconditional dropout and ``guidance_drop_mask`` ``(B, T)`` bool the guidance-type dropout (tests).
     """
 
     def __init__(
@@ -343,6 +349,7 @@ class TeacherTrainingStep:
         batch: Mapping[str, Any],
         generator: torch.Generator | None = None,
         drop_mask: torch.Tensor | None = None,
+        guidance_drop_mask: torch.Tensor | None = None,
     ) -> TeacherOutput:
         """The min-SNR-weighted denoising loss of one batch."""
         config, scheduler = self.config, self.noise_scheduler
@@ -363,9 +370,12 @@ class TeacherTrainingStep:
             drop_mask = sample_drop_mask(batch_size, config.uncond_ratio, generator, device)
         drop_mask = drop_mask.to(device=device, dtype=torch.bool)
         guidance = {name: maps.to(device) for name, maps in batch["guidance"].items()}
+        if guidance_drop_mask is None:  # None without guidance-type dropout (and then nothing is drawn)
+            guidance_drop_mask = self.models.guidance_encoder.sample_drop_mask(batch_size, generator, device)
 
         # 4. prediction, target, weighted loss
-        output = self.network(noisy_latents, timesteps, reference_latents, clip_pixels, guidance, drop_mask).float()
+        output = self.network(noisy_latents, timesteps, reference_latents, clip_pixels, guidance, drop_mask,
+                              guidance_drop_mask).float()
         target = training_target(scheduler, latents, noise, timesteps)
         per_sample = (output - target).pow(2).flatten(1).mean(1)
         weights = torch.ones_like(per_sample)
@@ -375,6 +385,8 @@ class TeacherTrainingStep:
         loss = (weights * per_sample).mean()
         terms = {"loss": loss.item(), "mse": per_sample.detach().mean().item(),
                  "uncond_fraction": drop_mask.float().mean().item()}
+        if guidance_drop_mask is not None:
+            terms["guidance_type_drop_fraction"] = guidance_drop_mask.float().mean().item()
         return TeacherOutput(loss, terms, per_sample.detach(), timesteps, weights.detach(), drop_mask)
 
 

@@ -29,6 +29,8 @@ OPENPOSE_COLOURS = (
     (170, 0, 255), (255, 0, 255), (255, 0, 170), (255, 0, 85),
 )  # fmt: skip
 LIMB_BRIGHTNESS = 0.6
+PIXELS_PER_LINE_WIDTH = 64  # limbs are 1 px wide per 64 px of the canvas's shorter side
+PIXELS_PER_POINT_RADIUS = 128  # keypoints have a radius of 1 px per 128 px
 _FACE_VISIBILITY = 0.15  # a face point shows when its outward direction faces the camera at least this much
 _BODY_JOINTS = {
     "right_shoulder": "right_shoulder", "right_elbow": "right_elbow", "right_wrist": "right_wrist",
@@ -76,6 +78,13 @@ def openpose_keypoints(poses: BodyPoses, shape: BodyShape, head_center: np.ndarr
         threshold = -0.35 if name.endswith("ear") else _FACE_VISIBILITY
         visible[:, index] = facing > threshold
     return points, visible
+
+
+def stroke_sizes(height: int, width: int) -> tuple[int, int]:
+    """``(line_width, point_radius)`` in pixels of the skeletons drawn on a ``height`` × ``width`` canvas (at least 1
+    each): every ``dwpose`` map, SynthDance's or extracted from a video, uses these for its size."""
+    size = min(height, width)
+    return max(1, round(size / PIXELS_PER_LINE_WIDTH)), max(1, round(size / PIXELS_PER_POINT_RADIUS))
 
 
 def draw_openpose(

@@ -22,7 +22,7 @@ import numpy as np
 
 from .appearance import PALETTE, Background, Identity, Lighting
 from .body import NOMINAL_HEIGHT, PART_NAMES, BodyPoses, build_parts
-from .openpose import draw_openpose, openpose_keypoints
+from .openpose import draw_openpose, openpose_keypoints, stroke_sizes
 
 MAP_NAMES = ("images", "depth", "normal", "semantic_map", "dwpose", "mask")
 # One colour per body part (``PART_NAMES`` order); left and right differ so turns stay readable.
@@ -125,8 +125,7 @@ class SynthDanceRenderer:
         self._semantic = np.concatenate([SEMANTIC_COLOURS, np.zeros((1, 3), dtype=np.uint8)])  # index -1: background
         self._columns = np.arange(resolution, dtype=np.float64)[None, :] + 0.5
         self._rows = np.arange(resolution, dtype=np.float64)[:, None] + 0.5
-        self.line_width = max(1, round(resolution / 64))
-        self.point_radius = max(1, round(resolution / 128))
+        self.line_width, self.point_radius = stroke_sizes(resolution, resolution)
 
     # ------------------------------------------------------------------ geometry
     def _geometry(self, poses: BodyPoses, zoom: np.ndarray, pan: np.ndarray) -> _PartGeometry:
