@@ -17,31 +17,19 @@ from __future__ import annotations
 
 import argparse
 import copy
-import logging
 import os
-import sys
 
 import torch
-from accelerate import Accelerator
-from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers import UNetMotionModel
 from tqdm.auto import tqdm
 
 from referencelcm import ReferenceLCMPipeline
-from referencelcm.arguments import check_output_folder
+from referencelcm.arguments import run_main
 from referencelcm.models.injection import install_guidance_injection
 from referencelcm.models.motion import set_motion_norm_mode
 from referencelcm.models.reference_attention import install_reference_attention
 from referencelcm.pipelines.loading import check_pipeline_argument, load_pipeline
-from referencelcm.training.checkpointing import (
-    ModuleCheckpointHooks,
-    check_finite_loss,
-    resolve_resume_checkpoint,
-    resume,
-    save_checkpoint,
-    step_generator,
-)
+from referencelcm.training.checkpointing import ModuleCheckpointHooks, step_generator
 from referencelcm.training.consistency import DDIMSolver
 from referencelcm.training.distill import ConsistencyDistillationStep, DistillationConfig, DistillationModels
 from referencelcm.training.ema import ema_update
@@ -51,22 +39,29 @@ from referencelcm.training.export import (
     lora_state_dict,
     merge_lora,
     portable_name,
-    push_folder_to_hub,
     run_validation,
     save_student_pipeline,
     student_pipeline,
-    validation_samples,
 )
 from referencelcm.training.script_support import (
+    RUN_AT_LEAST_ONE,
+    RUN_NON_NEGATIVE,
+    add_data_arguments,
+    add_run_arguments,
     build_lr_scheduler,
-    check_data_root,
     check_numbers,
+    check_run_paths,
+    fill_defaults,
+    log_step,
+    make_accelerator,
+    optimizer_step,
+    push_output,
+    start_run,
+    training_batches,
     training_dataloader,
 )
-from referencelcm.training.tracking import trackers
 from referencelcm.training.unets import motion_unet_with_spatial_weights, spatial_unet_from_motion
 
-logger = get_logger(__name__)
 PHASE_DEFAULTS = {  # appendix C
     "spatial": dict(guidance_scale=2.5, cons_weight=0.02, max_train_steps=3000, num_frames=1),
     "temporal": dict(guidance_scale=1.5, cons_weight=0.0, max_train_steps=2000, num_frames=16),
@@ -78,12 +73,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add = parser.add_argument
     add("--pretrained_teacher_model", required=True, help="ReferenceLCMPipeline folder or Hub id (DDIM scheduler).")
     add("--pretrained_student_model", default=None, help="Phase 2: the phase-1 output folder.")
-    add("--train_data_dir", required=True, help="Champ-layout root (e.g. `referencelcm synth`).")
+    add_data_arguments(parser)
     add("--output_dir", default="cosec-lcd-output")
     add("--phase", choices=tuple(PHASE_DEFAULTS), default="spatial")
-    add("--resolution", type=int, default=512)
     add("--num_frames", type=int, default=None, help="Frames per clip (default 1 spatial, 16 temporal).")
-    add("--frame_stride", type=int, default=1)
     add("--num_equivalent_references", type=int, default=2, help="k references per item (ETA group size).")
     add("--guidance_scale", type=float, default=None, help="Teacher CFG ω (default 2.5 spatial, 1.5 temporal).")
     add("--w_min", type=float, default=None, help="With --w_max: draw ω uniformly per item.")
@@ -97,38 +90,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--huber_c", type=float, default=0.001)
     add("--ema_decay", type=float, default=0.95)
     add("--learning_rate", type=float, default=1e-6)
-    add("--lr_scheduler", default="constant")
-    add("--lr_warmup_steps", type=int, default=0)
     add("--adam_beta1", type=float, default=0.9)
     add("--adam_beta2", type=float, default=0.999)
-    add("--adam_weight_decay", type=float, default=1e-2)
     add("--adam_epsilon", type=float, default=1e-8)
-    add("--max_grad_norm", type=float, default=1.0)
     add("--train_batch_size", type=int, default=4, help="Dataset items per device (each gives k samples).")
-    add("--gradient_accumulation_steps", type=int, default=1)
     add("--max_train_steps", type=int, default=None, help="Default 3000 spatial, 2000 temporal.")
-    add("--dataloader_num_workers", type=int, default=0)
-    add("--mixed_precision", choices=("no", "fp16", "bf16"), default=None)
-    add("--gradient_checkpointing", action="store_true")
-    add("--checkpointing_steps", type=int, default=500)
-    add("--checkpoints_total_limit", type=int, default=None)
-    add("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint-<step> folder.")
-    add("--validation_steps", type=int, default=None, help="Write validation videos every N steps.")
-    add("--num_validation_videos", type=int, default=2)
-    add("--validation_num_frames", type=int, default=8)
-    add("--report_to", default="tensorboard")
-    add("--logging_dir", default="logs")
-    add("--seed", type=int, default=0)
+    add_run_arguments(parser, num_validation_videos=2, validation_num_frames=8)
     add("--use_lora", action="store_true", help="Train LoRA adapters on the attention projections only.")
     add("--lora_rank", type=int, default=64)
     add("--lora_alpha", type=int, default=64)
-    add("--push_to_hub", action="store_true")
-    add("--hub_model_id", default=None)
-    add("--hub_token", default=None)
     args = parser.parse_args(argv)
-    for name, value in PHASE_DEFAULTS[args.phase].items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    fill_defaults(args, PHASE_DEFAULTS[args.phase])
     if args.phase == "temporal" and args.num_frames < 2:
         parser.error(f"--phase temporal needs --num_frames >= 2, got {args.num_frames}.")
     if (args.w_min is None) != (args.w_max is None):
@@ -138,21 +110,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_arguments(args) -> None:
     """Every number and path, before anything is loaded or written to ``--output_dir``."""
-    check_numbers(args, at_least_one=("resolution", "num_frames", "frame_stride", "num_equivalent_references",
-                                      "num_ddim_timesteps", "train_batch_size", "gradient_accumulation_steps",
-                                      "max_train_steps", "checkpointing_steps", "checkpoints_total_limit",
-                                      "validation_steps", "num_validation_videos", "validation_num_frames",
+    check_numbers(args, at_least_one=(*RUN_AT_LEAST_ONE, "num_equivalent_references", "num_ddim_timesteps",
                                       "lora_rank", "lora_alpha"),
-                  non_negative=("learning_rate", "lr_warmup_steps", "dataloader_num_workers", "huber_c",
-                                "max_grad_norm"))
+                  non_negative=(*RUN_NON_NEGATIVE, "huber_c"))
     if not 0 <= args.ema_decay <= 1:
         raise ValueError(f"--ema_decay must be in [0, 1], got {args.ema_decay}.")
-    check_output_folder("--output_dir", args.output_dir)
+    check_run_paths(args)
     check_pipeline_argument(args.pretrained_teacher_model, "--pretrained_teacher_model")
     if args.pretrained_student_model is not None:
         check_pipeline_argument(args.pretrained_student_model, "--pretrained_student_model")
-    check_data_root("--train_data_dir", args.train_data_dir)
-    resolve_resume_checkpoint(args.output_dir, args.resume_from_checkpoint)
 
 
 def build_unets(args, teacher: ReferenceLCMPipeline) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -201,16 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     check_arguments(args)
 
     # 1. Accelerator, logging, seed (nothing is written to --output_dir before step 6)
-    logging_dir = os.path.join(args.output_dir, args.logging_dir)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=trackers(args.report_to, logging_dir, "cosec-lcd"),
-        project_config=ProjectConfiguration(args.output_dir, logging_dir=logging_dir),
-    )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    set_seed(args.seed)
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    accelerator, weight_dtype = make_accelerator(args, "cosec-lcd")
 
     # 2. Teacher pipeline (frozen), teacher / student / EMA-target D-UNets
     teacher = load_pipeline(args.pretrained_teacher_model, "--pretrained_teacher_model")
@@ -248,53 +205,27 @@ def main(argv: list[str] | None = None) -> None:
                                 teacher_unet, target, student)
     distill = ConsistencyDistillationStep(models, solver, teacher.scheduler.config.prediction_type, config)
 
-    # 6. Resume, output folder, trackers
-    global_step = resume(accelerator, args.output_dir, args.resume_from_checkpoint)
-    if global_step:
-        logger.info(f"Resumed from {args.resume_from_checkpoint} at step {global_step}.")
-    if accelerator.is_main_process:
-        os.makedirs(args.output_dir, exist_ok=True)
-        accelerator.init_trackers("cosec-lcd", config={k: v for k, v in vars(args).items()
-                                                       if isinstance(v, (int, float, str, bool))})
-    validation = []
-    if args.validation_steps and accelerator.is_main_process:
-        validation = validation_samples(args.train_data_dir, args.resolution, args.validation_num_frames,
-                                        args.num_validation_videos, teacher.guidance_types, teacher.feature_extractor,
-                                        args.seed)
+    # 6. Resume, output folder, trackers, validation samples
+    global_step, validation = start_run(accelerator, args, "cosec-lcd", teacher)
 
-    # 7. Training loop
-    micro_step = global_step * args.gradient_accumulation_steps
+    # 7. Training loop; the EMA target follows the student whenever gradients sync
     progress = tqdm(range(args.max_train_steps), initial=global_step, desc="steps",
                     disable=not accelerator.is_local_main_process)
+    batches = training_batches(accelerator, dataloader, dataset, sampler,
+                               global_step * args.gradient_accumulation_steps)
     while global_step < args.max_train_steps:
-        epoch, skip = divmod(micro_step, len(dataloader))
-        dataset.set_epoch(epoch)
-        sampler.set_epoch(epoch)
-        for batch in accelerator.skip_first_batches(dataloader, skip) if skip else dataloader:
-            with accelerator.accumulate(student), accelerator.autocast():
-                output = distill.step(batch, step_generator(args.seed, accelerator.process_index, micro_step))
-                check_finite_loss(output.loss.detach(), global_step + 1, output.terms)
-                accelerator.backward(output.loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(parameters, args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            micro_step += 1
-            if not accelerator.sync_gradients:
-                continue
+        micro_step, batch = next(batches)
+        with accelerator.accumulate(student), accelerator.autocast():
+            output = distill.step(batch, step_generator(args.seed, accelerator.process_index, micro_step))
+            optimizer_step(accelerator, output, global_step + 1, parameters, optimizer, lr_scheduler,
+                           args.max_grad_norm)
+        if accelerator.sync_gradients:
             ema_update(target.parameters(), accelerator.unwrap_model(student).parameters(), args.ema_decay)
             global_step += 1
-            progress.update(1)
-            progress.set_postfix(loss=f"{output.terms['loss']:.4g}")
-            accelerator.log({**output.terms, "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
-            if global_step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+            log_step(accelerator, args, progress, output, lr_scheduler, global_step)
             if validation and global_step % args.validation_steps == 0:
                 run_validation(student_pipeline(teacher, accelerator.unwrap_model(student), args.num_ddim_timesteps),
                                validation, args.output_dir, global_step, accelerator, seed=args.seed)
-            if global_step >= args.max_train_steps:
-                break
 
     # 8. Save the student pipeline (and LoRA weights), push
     accelerator.wait_for_everyone()
@@ -325,13 +256,8 @@ def save_output(args, student: torch.nn.Module) -> None:
                           extra_files=extra_files, hub_model_id=args.hub_model_id if args.push_to_hub else None,
                           hub_token=args.hub_token)
     if args.push_to_hub:
-        push_folder_to_hub(args.output_dir, args.hub_model_id, args.hub_token,
-                           ignore_patterns=("checkpoint-*", ".*", f"{args.logging_dir}/*", "validation/*"))
+        push_output(args)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError, FloatingPointError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main)

@@ -7,14 +7,18 @@ import contextlib
 import math
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, NoReturn
 
 import PIL.Image
 import torch
 
 from .data.layout import open_image
+
+# What an examples/ script reports in one line, without a traceback (docs/design.md §7): bad input, a NaN loss.
+SCRIPT_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
 
 
 def check_at_least(flag: str, value: int | float | None, minimum: int | float) -> None:
@@ -152,3 +156,16 @@ def read_image(flag: str, path: str | os.PathLike) -> PIL.Image.Image:
         return open_image(path)
     except (FileNotFoundError, ValueError) as error:
         raise type(error)(f"{flag} {error}") from error
+
+
+def run_main(
+    main: Callable[[], int | None], errors: tuple[type[BaseException], ...] = SCRIPT_ERRORS, status: int = 1
+) -> NoReturn:
+    """Run a script's ``main()`` and exit with what it returns (``None``: 0). One of ``errors`` is printed as the
+    line ``error: <message>`` on stderr, without a traceback, and the exit status is ``status``."""
+    try:
+        code = main()
+    except errors as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(status)
+    sys.exit(code)

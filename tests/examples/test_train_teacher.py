@@ -25,6 +25,7 @@ from referencelcm.models.injection import run_denoising_unet
 from referencelcm.pipelines import factory
 from referencelcm.pipelines.factory import TEACHER_SCHEDULER_CONFIG
 from referencelcm.training.teacher import unread_reference_parameters
+from referencelcm.training.teacher_stages import inflate
 from referencelcm.training.tracking import read_metrics
 from referencelcm.training.unets import is_motion_key
 
@@ -234,7 +235,7 @@ def test_shipped_default_config_has_the_bundled_teachers_sizes(script, tmp_path:
     adapter) gives every component of models/teacher its saved config; only trained values differ."""
     args = script.parse_args(["--stage", "vae", "--train_data_dir", str(tmp_path), "--model_config",
                               str(CONFIGS / "default.json")])
-    pipe = script.inflate(script.build_pipeline(args), args)  # what stage video then does to the D-UNet
+    pipe = inflate(script.build_pipeline(args), model_config=args.model_config)  # what stage video then does
     trained_or_metadata = {"scaling_factor", "architectures", "dtype", "transformers_version"}
     for name, component in pipe.components.items():
         folder = REPO / "models" / "teacher" / name
@@ -284,8 +285,7 @@ def test_image_stage_from_a_motion_teacher_keeps_its_motion_modules(workspace: P
 
 def test_new_motion_adapter_starts_as_the_image_model(workspace: Path, script):
     pipe = ReferenceLCMPipeline(**build_components(motion=False, scheduler="ddim"))
-    args = script.parse_args(base_args(workspace, "video", "unused") + ["--num_frames", "3"])
-    inflated = script.inflate(pipe, args)
+    inflated = inflate(pipe)  # stage video without --motion_adapter_path or --model_config
     assert isinstance(inflated.denoising_unet, UNetMotionModel)
     generator = torch.Generator().manual_seed(0)
     latents = torch.randn(1, 4, 3, 8, 8, generator=generator)

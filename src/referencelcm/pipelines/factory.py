@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import functools
+import inspect
+import json
+import os
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -198,3 +202,55 @@ def build_motion_adapter(
                     module.weight.zero_()
                     module.bias.zero_()
     return adapter
+
+
+# The keys of a model config file (``examples/configs/*.json``): :func:`build_components`' arguments.
+MODEL_CONFIG_KEYS = tuple(inspect.signature(build_components).parameters)
+
+
+def load_model_config(path: str | os.PathLike, argument: str = "--model_config") -> dict:
+    """Component sizes from a JSON or YAML file whose keys are :func:`build_components` arguments
+    (:data:`MODEL_CONFIG_KEYS`), e.g. ``examples/configs/default.json``. Errors name ``argument`` and the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"`{argument}` {str(path)!r} is not a file.")
+    text = path.read_text()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        sizes = yaml.safe_load(text)
+    else:
+        sizes = json.loads(text)
+    if not isinstance(sizes, dict):
+        raise ValueError(f"`{argument}` {str(path)!r} must hold a mapping, got {type(sizes).__name__}.")
+    unknown = sorted(set(sizes) - set(MODEL_CONFIG_KEYS))
+    if unknown:
+        raise ValueError(f"`{argument}` has unknown keys {unknown}; known: {list(MODEL_CONFIG_KEYS)}.")
+    return sizes
+
+
+# Champ's guidance-encoder widths, for a 4-level (SD1.5) VAE and a D-UNet at least 64 wide.
+CHAMP_GUIDANCE_WIDTHS = (16, 32, 96, 256)
+
+
+def matching_guidance_encoder(
+    guidance_types: Sequence[str], denoising_unet: torch.nn.Module, vae: torch.nn.Module
+) -> MultiGuidanceEncoder:
+    """A new guidance encoder for ``denoising_unet``'s first width and ``vae``'s downsampling factor: Champ's widths
+    (:data:`CHAMP_GUIDANCE_WIDTHS`) for a 4-level VAE and a D-UNet at least 64 wide, otherwise ``(w, 2w, …, 4w)``
+    with ``w`` the D-UNet's first width."""
+    vae_depth = len(vae.config.block_out_channels)
+    first_width = denoising_unet.config.block_out_channels[0]
+    widths = CHAMP_GUIDANCE_WIDTHS if vae_depth == len(CHAMP_GUIDANCE_WIDTHS) and first_width >= 64 else (
+        (first_width,) + (2 * first_width,) * (vae_depth - 2) + (4 * first_width,))
+    return MultiGuidanceEncoder(tuple(guidance_types), block_out_channels=widths,
+                                guidance_embedding_channels=first_width,
+                                attention_num_heads=8 if first_width >= 64 else 4)
+
+
+def guidance_encoder_fits(
+    guidance_encoder: MultiGuidanceEncoder, denoising_unet: torch.nn.Module, vae: torch.nn.Module
+) -> bool:
+    """Whether ``guidance_encoder``'s features have ``denoising_unet``'s first width and ``vae``'s latent size."""
+    return (guidance_encoder.config.guidance_embedding_channels == denoising_unet.config.block_out_channels[0]
+            and guidance_encoder.downsample_factor == 2 ** (len(vae.config.block_out_channels) - 1))
