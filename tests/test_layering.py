@@ -11,7 +11,7 @@ LAYERS = (
     {"_quiet", "arguments", "state_dicts", "models", "data", "metrics"},
     {"pipelines"},
     {"training", "convert", "evaluation", "extract"},
-    {"targets", "animate", "demo"},
+    {"targets", "build_report", "animate", "demo"},
     {"cli", "__init__", "__main__"},
 )
 

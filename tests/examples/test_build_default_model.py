@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from diffusers import DDIMScheduler, LCMScheduler, UNetMotionModel
 
-from referencelcm import ReferenceLCMPipeline
+from referencelcm import ReferenceLCMPipeline, build_report
 
 from ..test_shipped_files import absolute_paths_in
 from . import load_example
@@ -53,22 +53,22 @@ def check_demo_video(built: dict) -> None:
 def check_results(built: dict, script) -> None:
     text = built["results"].read_text()
     assert text.startswith("# Benchmark results\n\nHand-written notes stay.\n")
-    assert text.count(script.RESULTS_BEGIN) == 1 and text.count(script.RESULTS_END) == 1
+    assert text.count(build_report.RESULTS_BEGIN) == 1 and text.count(build_report.RESULTS_END) == 1
     for variant in script.ABLATION:
         assert f"| {variant.name} | 2 |" in text
     assert "| teacher | 2 | 3.5 |" in text and "| student | 1 | 1 |" in text
     # The teacher again at the ω the student was distilled with: the like-for-like baseline beside Champ's CFG.
     matched = script.PRESETS["smoke"].distillation_guidance_scale
-    assert f"| {script.MATCHED_TEACHER} | 2 | {matched:g} |" in text
+    assert f"| {build_report.MATCHED_TEACHER} | 2 | {matched:g} |" in text
     # The teacher's own D-UNet with the student's LCM sampler at the student's step counts: no distillation at all.
-    assert f"| {script.UNDISTILLED_TEACHER} | 1 | {matched:g} |" in text
+    assert f"| {build_report.UNDISTILLED_TEACHER} | 1 | {matched:g} |" in text
     speed = text.split("### Speed, side by side", 1)[1]  # timed interleaved, one row per student setting
     assert "(1 interleaved calls)" in speed and "| student 1 | 1 | 1 |" in speed and "| student 2 | 2 | 1 |" in speed
     paired = text.split("### Paired differences, video by video", 1)[1].split("###", 1)[0]
     for metric in ("SSIM ↑", "person L1 ↓", "part ΔE ↓"):
         assert f"| student 1 steps | teacher 2 steps | {metric} |" in paired
-        assert f"| student 2 steps | {script.MATCHED_TEACHER} 2 steps | {metric} |" in paired
-        assert f"| student 1 steps | {script.UNDISTILLED_TEACHER} 1 steps | {metric} |" in paired
+        assert f"| student 2 steps | {build_report.MATCHED_TEACHER} 2 steps | {metric} |" in paired
+        assert f"| student 1 steps | {build_report.UNDISTILLED_TEACHER} 1 steps | {metric} |" in paired
         # the reenactment split: the student at the ablation's steps against the teacher there and at its most
         assert f"| student 2 steps (reenact) | teacher 2 steps | {metric} |" in paired
     # self split (one video), per metric: teacher: student 1, 2 vs 2 steps; matched: the same; undistilled: 1 vs 1
