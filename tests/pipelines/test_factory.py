@@ -1,3 +1,6 @@
+from pathlib import Path
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -57,3 +60,56 @@ def test_image_encoder_size_can_be_chosen_and_the_feature_extractor_follows():
     assert components["feature_extractor"].crop_size == {"height": 64, "width": 64}
     pixels = components["feature_extractor"](images=[np.zeros((80, 80, 3), np.uint8)], return_tensors="pt")
     assert pixels["pixel_values"].shape == (1, 3, 64, 64)
+
+
+def test_model_configs_load_from_json_and_yaml(tmp_path):
+    from referencelcm.pipelines.factory import MODEL_CONFIG_KEYS, load_model_config
+
+    (tmp_path / "sizes.json").write_text('{"unet_block_out_channels": [8, 16], "image_size": 32}')
+    (tmp_path / "sizes.yaml").write_text("unet_block_out_channels: [8, 16]\nimage_size: 32\n")
+    assert load_model_config(tmp_path / "sizes.json") == load_model_config(tmp_path / "sizes.yaml")
+    assert load_model_config(tmp_path / "sizes.json") == {"unet_block_out_channels": [8, 16], "image_size": 32}
+    repository = Path(__file__).resolve().parents[2]
+    for shipped in (repository / "examples" / "configs").glob("*.json"):  # the shipped sizes build components
+        assert set(load_model_config(shipped)) <= set(MODEL_CONFIG_KEYS), shipped.name
+    assert load_model_config(repository / "examples" / "configs" / "tiny.json")["image_size"] == 32
+
+
+def test_model_config_errors_name_the_argument_and_the_file(tmp_path):
+    from referencelcm.pipelines.factory import load_model_config
+
+    with pytest.raises(FileNotFoundError, match="`--sizes` .*missing.json.* is not a file"):
+        load_model_config(tmp_path / "missing.json", "--sizes")
+    (tmp_path / "list.json").write_text("[8, 16]")
+    with pytest.raises(ValueError, match="`--model_config` .*list.json.* must hold a mapping, got list"):
+        load_model_config(tmp_path / "list.json")
+    (tmp_path / "unknown.yaml").write_text("image_size: 32\nwidth: 3\n")
+    with pytest.raises(ValueError, match=r"`--model_config` has unknown keys \['width'\]; known: .*image_size"):
+        load_model_config(tmp_path / "unknown.yaml")
+
+
+def _sized(block_out_channels):
+    """A stand-in with only the config the matching reads (no weights are built)."""
+    return SimpleNamespace(config=SimpleNamespace(block_out_channels=tuple(block_out_channels)))
+
+
+def test_matching_guidance_encoder_fits_the_denoising_unet_and_the_vae():
+    from referencelcm.pipelines.factory import (
+        CHAMP_GUIDANCE_WIDTHS,
+        guidance_encoder_fits,
+        matching_guidance_encoder,
+    )
+
+    components = build_components(unet_block_out_channels=(8, 16), vae_block_out_channels=(8, 16, 16))
+    assert guidance_encoder_fits(components["guidance_encoder"], components["denoising_unet"], components["vae"])
+    wider, deeper_vae = _sized((16, 32)), _sized((8, 8, 16, 16))
+    assert not guidance_encoder_fits(components["guidance_encoder"], wider, components["vae"])
+    assert not guidance_encoder_fits(components["guidance_encoder"], components["denoising_unet"], deeper_vae)
+
+    encoder = matching_guidance_encoder(("depth", "dwpose"), wider, deeper_vae)  # (w, 2w, 2w, 4w), w = 16
+    assert tuple(encoder.config.block_out_channels) == (16, 32, 32, 64)
+    assert list(encoder.config.guidance_types) == ["depth", "dwpose"]
+    assert guidance_encoder_fits(encoder, wider, deeper_vae)
+    champ = matching_guidance_encoder(("depth",), _sized((320, 640)), deeper_vae)  # SD1.5 widths: Champ's encoder
+    assert tuple(champ.config.block_out_channels) == CHAMP_GUIDANCE_WIDTHS
+    assert champ.config.guidance_embedding_channels == 320 and champ.config.attention_num_heads == 8
