@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from referencelcm import ReferenceLCMPipeline
-from referencelcm.data.synthdance import generate_dataset
+from referencelcm.data.synthdance import FORMAT_VERSION, generate_dataset
 from referencelcm.evaluation import (
     VAE_RECONSTRUCTION,
     baseline_ratio,
@@ -95,7 +95,8 @@ def split_folder(args: argparse.Namespace, root: Path, seed: int, kind: str) -> 
         index = json.loads((folder / "index.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise SystemExit(f"{folder} is not a SynthDance split ({error}): remove it or pass another --data_dir.")
-    wanted = {"seed": seed, "split": split, "num_frames": args.num_frames, "resolution": args.resolution}
+    wanted = {"seed": seed, "split": split, "num_frames": args.num_frames, "resolution": args.resolution,
+              "format_version": FORMAT_VERSION}
     found = {key: index.get(key) for key in wanted}
     found["num_videos"], wanted["num_videos"] = len(index.get("videos", [])), args.num_videos
     if found != wanted:

@@ -176,8 +176,10 @@ def main(argv: list[str] | None = None) -> None:
     parameters = [parameter for parameter in network.parameters() if parameter.requires_grad]
 
     # 3. Data: single frames (vae, image) or clips (video), order a pure function of (seed, epoch)
+    # Stage vae sees frames at their own size: a random crop resized back would blur what it must learn to keep.
     maps = stage_maps(args.stage, pipe.guidance_types, args.train_data_dir, args.vae_person_weight)
-    dataset, sampler, dataloader = training_dataloader(args, pipe, num_references=1, guidance_types=maps)
+    dataset, sampler, dataloader = training_dataloader(args, pipe, num_references=1, guidance_types=maps,
+                                                       random_crop=args.stage != "vae")
 
     # 4. Optimiser, LR schedule, accelerate
     optimizer = torch.optim.AdamW(parameters, lr=args.learning_rate, weight_decay=args.adam_weight_decay)

@@ -419,7 +419,8 @@ def test_calibration_rows_separate_truth_ceiling_and_ignoring(appearance_splits)
     ]
     assert truth["part_delta_e"] == 0 and truth["background_delta_e"] == 0 and truth["retrieval"] == 1.0
     assert vae["part_delta_e"] == pytest.approx(0, abs=1e-3) and vae["retrieval"] == 1.0  # a perfect autoencoder
-    assert ignoring["part_delta_e"] > 10 and ignoring["retrieval"] == ignoring["retrieval_chance"] == 0.25
+    # Every video painted in the same split colours: retrieval is chance up to which parts each video shows.
+    assert ignoring["part_delta_e"] > 10 and ignoring["retrieval_chance"] == 0.25 and ignoring["retrieval"] <= 0.5
     assert evaluation.baseline_ratio([truth, ignoring], ignoring) == 1.0
     assert ignoring["person_ssim"] < truth["person_ssim"] == pytest.approx(1.0)
     tiny_vae = build_components()["vae"]  # random weights: much worse than the truth

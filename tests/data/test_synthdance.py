@@ -305,3 +305,39 @@ def test_reenact_split_is_deterministic_and_needs_two_identities(tmp_path, reena
     with pytest.raises(ValueError, match="--num-videos"):
         cli.run(parser.parse_args(["--output", str(tmp_path / "one"), "--split", "reenact", "--num-videos", "1"]))
     assert not (tmp_path / "one").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# format versions: version 2 frames the body larger; version 1 stays byte-identical to what it always wrote
+
+
+def _png_digest(root: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.png")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def test_format_1_reproduces_the_datasets_written_before_format_2(tmp_path):
+    root = generate_dataset(tmp_path, num_videos=2, num_frames=3, resolution=32, seed=3, split="test",
+                            progress=False, version=1)
+    # sha256 of the PNGs this call wrote before format 2 existed (commit 2f343d4's generator)
+    assert _png_digest(root) == "d90793c42fe58bf028f4ec10bc71b8ce0ec6f30605070ac116f6cf6e0cc25734"
+    assert json.loads((root / "index.json").read_text())["format_version"] == 1
+    assert json.loads((root / "test_00000" / "meta.json").read_text())["format_version"] == 1
+
+
+def test_format_2_frames_the_same_dancers_larger_and_keeps_them_in_the_frame():
+    fractions = {}
+    for version in (1, 2):
+        masks = [render_video(sample_video_spec(4, index, 12, 64, "test", version=version))[MASK_FOLDER][..., 0] > 127
+                 for index in range(4)]
+        fractions[version] = np.mean([mask.mean() for mask in masks])
+        for mask in masks:  # never cut off at the top or the sides
+            assert not (mask[:, 0].any() or mask[:, :, 0].any() or mask[:, :, -1].any())
+    assert fractions[2] > 1.25 * fractions[1]
+    with pytest.raises(ValueError, match="version"):
+        sample_video_spec(4, 0, 12, 64, "test", version=3)

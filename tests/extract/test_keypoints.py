@@ -8,7 +8,7 @@ import pytest
 from referencelcm.data.synthdance import pose_video, render_video, sample_video_spec
 from referencelcm.data.synthdance.body import PART_NAMES, build_parts
 from referencelcm.data.synthdance.openpose import KEYPOINT_NAMES, openpose_keypoints
-from referencelcm.data.synthdance.renderer import Camera
+from referencelcm.data.synthdance.renderer import FRAMINGS, Camera
 from referencelcm.extract.keypoints import (
     MEDIAPIPE_LANDMARKS,
     OPENPOSE_FROM_MEDIAPIPE,
@@ -27,7 +27,7 @@ def synthdance_skeletons(resolution: int, num_frames: int = 6, seed: int = 0):
     poses, zoom, pan = pose_video(spec)
     head = build_parts(spec.identity.shape)[PART_NAMES.index("head")]
     points, visible = openpose_keypoints(poses, spec.identity.shape, np.asarray(head.center))
-    keypoints = Camera(resolution).to_pixels(points, zoom, pan)[..., :2]
+    keypoints = Camera(resolution, **FRAMINGS[spec.version]).to_pixels(points, zoom, pan)[..., :2]
     return keypoints, visible, render_video(spec)["dwpose"]
 
 

@@ -207,3 +207,27 @@ def test_bad_arguments_are_named(synth_root):
             ReferenceVideoDataset(synth_root, **kwargs)
     with pytest.raises(ValueError, match="batch_size"):
         MultiSourceBatchSampler(ReferenceVideoDataset(synth_root, 32), batch_size=0)
+
+
+def test_the_vae_stage_loader_reads_whole_frames_and_their_masks(synth_root):
+    """train_teacher.py's stage vae: the frames as they are on disk (a resized crop would blur what the VAE must
+    keep) and the person mask beside them, for person-centred crops and the person-weighted loss."""
+    import argparse
+
+    from referencelcm.pipelines.factory import build_components
+    from referencelcm.training.script_support import training_dataloader
+
+    args = argparse.Namespace(train_data_dir=str(synth_root), resolution=RESOLUTION, num_frames=1, frame_stride=1,
+                              seed=0, train_batch_size=2, dataloader_num_workers=0)
+    pipe = argparse.Namespace(guidance_types=CHAMP_GUIDANCE_TYPES,
+                              feature_extractor=build_components()["feature_extractor"])
+    dataset, _, dataloader = training_dataloader(args, pipe, 1, guidance_types=("mask",), random_crop=False)
+    batch = next(iter(dataloader))
+    assert set(batch["guidance"]) == {"mask"}
+    for row in range(2):
+        video = synth_root / batch["video_id"][row]
+        frame = batch["frame_indices"][row, 0].item()
+        target = _read(video / "images" / f"{frame:04d}.png") / 127.5 - 1.0
+        np.testing.assert_allclose(batch["target"][row, :, 0].permute(1, 2, 0).numpy(), target, atol=1e-6)
+        mask = _read(video / "mask" / f"{frame:04d}.png")[..., 0] > 127
+        assert torch.equal(batch["guidance"]["mask"][row, 0, 0] > 0.5, torch.from_numpy(mask))

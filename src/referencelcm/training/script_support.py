@@ -126,9 +126,11 @@ def check_model_folder(flag: str, path: str | os.PathLike, subfolder: str | None
     return folder
 
 
-def training_dataloader(args: argparse.Namespace, pipe, num_references: int, guidance_types=None):
+def training_dataloader(
+    args: argparse.Namespace, pipe, num_references: int, guidance_types=None, random_crop: bool = True
+):
     """``(dataset, batch sampler, dataloader)`` over ``--train_data_dir`` reading ``guidance_types`` (default
-    ``pipe``'s guidance types) beside the frames: items of
+    ``pipe``'s guidance types) beside the frames, randomly cropped and resized back (``random_crop``) or whole: items of
     ``--num_frames`` frames with ``num_references`` references of their own video (RAS), batches of
     ``--train_batch_size`` mixing videos (ERS), the order a pure function of ``(--seed, epoch)``.
 
@@ -139,7 +141,7 @@ def training_dataloader(args: argparse.Namespace, pipe, num_references: int, gui
         dataset = ReferenceVideoDataset(
             args.train_data_dir, args.resolution, num_frames=args.num_frames, frame_stride=args.frame_stride,
             num_references=num_references, guidance_types=guidance_types or pipe.guidance_types,
-            clip_image_processor=pipe.feature_extractor, seed=args.seed,
+            clip_image_processor=pipe.feature_extractor, seed=args.seed, random_crop=random_crop,
         )
     sampler = MultiSourceBatchSampler(dataset, args.train_batch_size, seed=args.seed, drop_last=True)
     dataloader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_reference_batch,

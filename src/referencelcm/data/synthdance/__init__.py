@@ -9,6 +9,8 @@ order: :mod:`.body` (skeleton, proportions, parts, kinematics), :mod:`.motion` (
 from .renderer import MAP_NAMES, NUM_PARTS, SynthDanceRenderer, semantic_part_labels
 from .writer import (
     DATASET_SPLITS,
+    FORMAT_VERSION,
+    FORMAT_VERSIONS,
     ORIGINAL_FOLDER,
     REENACT_SPLIT,
     REFERENCE_FOLDER,
@@ -24,6 +26,8 @@ from .writer import (
 
 __all__ = [
     "DATASET_SPLITS",
+    "FORMAT_VERSION",
+    "FORMAT_VERSIONS",
     "MAP_NAMES",
     "NUM_PARTS",
     "ORIGINAL_FOLDER",

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 
 from ...arguments import check_at_least, check_output_folder
-from .writer import DATASET_SPLITS, DEFAULT_FPS, generate_dataset
+from .writer import DATASET_SPLITS, DEFAULT_FPS, FORMAT_VERSION, FORMAT_VERSIONS, generate_dataset
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds ``--output --num-videos --num-frames --resolution --seed --split --fps --no-progress``."""
+    """Adds ``--output --num-videos --num-frames --resolution --seed --split --fps --format-version --no-progress``."""
     parser.add_argument("--output", required=True, help="dataset root to write (created if needed)")
     parser.add_argument("--num-videos", type=int, default=8, help="number of videos, one identity each (default 8)")
     parser.add_argument("--num-frames", type=int, default=48, help="frames per video (default 48)")
@@ -19,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train or test (disjoint identities), or reenact: --num-videos cross-identity pairs of "
                              "the seed's test identities, A's motion in B's appearance (default train)")
     parser.add_argument("--fps", type=int, default=DEFAULT_FPS, help=f"motion frame rate (default {DEFAULT_FPS})")
+    parser.add_argument("--format-version", type=int, choices=FORMAT_VERSIONS, default=FORMAT_VERSION,
+                        help=f"SynthDance format: 2 frames the body larger than 1; 1 reproduces datasets made before "
+                             f"(default {FORMAT_VERSION})")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -45,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
         split=args.split,
         progress=not args.no_progress,
         fps=args.fps,
+        version=args.format_version,
     )
     print(f"wrote {args.num_videos} {args.split} video(s) x {args.num_frames} frame(s) at "
-          f"{args.resolution}x{args.resolution} to {root}")
+          f"{args.resolution}x{args.resolution} (format {args.format_version}) to {root}")
     return 0

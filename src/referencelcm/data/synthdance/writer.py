@@ -30,9 +30,10 @@ from ..layout import INDEX_FILE, META_FILE
 from .appearance import SPLITS, Appearance, Background, Identity, Lighting, clothing_pairs
 from .body import BodyPoses, BodyShape, forward_kinematics
 from .motion import Motion
-from .renderer import MAP_NAMES, SynthDanceRenderer
+from .renderer import FRAMINGS, MAP_NAMES, SynthDanceRenderer
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what new datasets are written as; every version in FORMAT_VERSIONS stays reproducible
+FORMAT_VERSIONS = tuple(sorted(FRAMINGS))
 DEFAULT_FPS = 24
 PNG_COMPRESS_LEVEL = 1  # fast; PNG stays lossless and byte-deterministic
 _SPLIT_CODES = {"train": 0, "test": 1}
@@ -60,12 +61,13 @@ class VideoSpec:
     num_frames: int
     resolution: int
     fps: int
+    version: int = FORMAT_VERSION
 
     def to_json(self) -> dict:
         """``meta.json`` content (identity, motion seed, fps, scene and frame count)."""
         return {
             "generator": "synthdance",
-            "format_version": FORMAT_VERSION,
+            "format_version": self.version,
             "video_id": self.video_id,
             "split": self.split,
             "index": self.index,
@@ -88,6 +90,12 @@ def _check_positive_int(name: str, value: object) -> int:
     return int(value)
 
 
+def _check_version(version: int) -> int:
+    if isinstance(version, bool) or version not in FORMAT_VERSIONS:
+        raise ValueError(f"`version` must be one of {FORMAT_VERSIONS} (the SynthDance format), got {version!r}.")
+    return version
+
+
 def _check_split(split: str, allowed: tuple[str, ...] = SPLITS) -> str:
     if split not in allowed:
         raise ValueError(f"`split` must be one of {allowed}, got {split!r}.")
@@ -95,14 +103,22 @@ def _check_split(split: str, allowed: tuple[str, ...] = SPLITS) -> str:
 
 
 def sample_video_spec(
-    seed: int, index: int, num_frames: int, resolution: int, split: str = "train", fps: int = DEFAULT_FPS
+    seed: int,
+    index: int,
+    num_frames: int,
+    resolution: int,
+    split: str = "train",
+    fps: int = DEFAULT_FPS,
+    version: int = FORMAT_VERSION,
 ) -> VideoSpec:
     """The spec of video ``index`` of the dataset drawn with ``seed`` for ``split`` (pure function of its arguments).
 
     Outfit colours: the split's (shirt, pants) pairs in an order shuffled by ``seed``, one pair per video, so the videos
-    of one dataset (up to the number of pairs, 120) all wear different outfits.
+    of one dataset (up to the number of pairs, 120) all wear different outfits. ``version`` (one of
+    ``FORMAT_VERSIONS``) only sets the camera's framing: the same arguments draw the same identities and motions.
     """
     _check_split(split)
+    _check_version(version)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"`seed` must be a non-negative integer, got {seed!r}.")
     if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
@@ -135,6 +151,7 @@ def sample_video_spec(
         num_frames=num_frames,
         resolution=resolution,
         fps=fps,
+        version=version,
     )
 
 
@@ -182,7 +199,13 @@ class ReenactSpec:
 
 
 def sample_reenact_spec(
-    seed: int, index: int, num_pairs: int, num_frames: int, resolution: int, fps: int = DEFAULT_FPS
+    seed: int,
+    index: int,
+    num_pairs: int,
+    num_frames: int,
+    resolution: int,
+    fps: int = DEFAULT_FPS,
+    version: int = FORMAT_VERSION,
 ) -> ReenactSpec:
     """Pair ``index`` of the reenactment split of ``seed`` with ``num_pairs`` pairs (pure function of its arguments).
 
@@ -195,8 +218,9 @@ def sample_reenact_spec(
         raise ValueError(f"`num_pairs` must be at least 2 (each pair needs two identities), got {num_pairs}.")
     if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < num_pairs:
         raise ValueError(f"`index` must be an integer in [0, {num_pairs}), got {index!r}.")
-    motion = sample_video_spec(seed, index, num_frames, resolution, _REENACT_IDENTITY_SPLIT, fps)
-    appearance = sample_video_spec(seed, (index + 1) % num_pairs, num_frames, resolution, _REENACT_IDENTITY_SPLIT, fps)
+    motion = sample_video_spec(seed, index, num_frames, resolution, _REENACT_IDENTITY_SPLIT, fps, version)
+    appearance = sample_video_spec(seed, (index + 1) % num_pairs, num_frames, resolution, _REENACT_IDENTITY_SPLIT, fps,
+                                   version)
     return ReenactSpec(pair_id=f"{REENACT_SPLIT}_{int(index):05d}", index=int(index), motion=motion,
                        appearance=appearance)
 
@@ -212,7 +236,7 @@ def pose_video(spec: VideoSpec) -> tuple[BodyPoses, np.ndarray, np.ndarray]:
 def render_frames(spec: VideoSpec) -> Iterator[dict[str, np.ndarray]]:
     """Yields ``{map name: (H, W, 3) uint8}`` for each of the spec's frames, for all six ``MAP_NAMES``."""
     poses, zoom, pan = pose_video(spec)
-    renderer = SynthDanceRenderer(spec.identity, spec.background, spec.lighting, spec.resolution)
+    renderer = SynthDanceRenderer(spec.identity, spec.background, spec.lighting, spec.resolution, spec.version)
     yield from renderer.render(poses, zoom, pan)
 
 
@@ -293,6 +317,7 @@ def generate_dataset(
     split: str = "train",
     progress: bool = True,
     fps: int = DEFAULT_FPS,
+    version: int = FORMAT_VERSION,
 ) -> Path:
     """Writes a SynthDance dataset in Champ's layout and returns its root.
 
@@ -307,6 +332,8 @@ def generate_dataset(
             ``reference/`` and ``original/`` folders and the pairing in ``meta.json`` and ``index.json``.
         progress: show a tqdm bar over frames.
         fps: frame rate of the motion (frames per second of simulated time), stored in ``meta.json``.
+        version: the SynthDance format (``FORMAT_VERSIONS``): 2 frames the body larger than 1 (see
+            ``renderer.FRAMINGS``); identities and motions are the same. Datasets made before keep their version.
 
     Returns:
         The root ``Path``, containing ``index.json``.
@@ -317,6 +344,7 @@ def generate_dataset(
     if resolution < 16:
         raise ValueError(f"`resolution` must be at least 16 pixels, got {resolution}.")
     _check_split(split, DATASET_SPLITS)
+    _check_version(version)
     if split == REENACT_SPLIT and num_videos < 2:
         raise ValueError(f"`num_videos` must be at least 2 for the reenact split (pairs of identities), got {num_videos}.")
     root = Path(output_dir)
@@ -324,7 +352,8 @@ def generate_dataset(
         raise ValueError(f"`output_dir` must be a directory, got the file {str(root)!r}.")
     root.mkdir(parents=True, exist_ok=True)
     if split == REENACT_SPLIT:
-        pairs = [sample_reenact_spec(seed, index, num_videos, num_frames, resolution, fps) for index in range(num_videos)]
+        pairs = [sample_reenact_spec(seed, index, num_videos, num_frames, resolution, fps, version)
+                 for index in range(num_videos)]
         jobs = [
             (pair.ground_truth, {REFERENCE_FOLDER: pair.appearance, ORIGINAL_FOLDER: pair.motion}, pair.to_json())
             for pair in pairs
@@ -335,7 +364,8 @@ def generate_dataset(
             for pair in pairs
         ]
     else:
-        specs = [sample_video_spec(seed, index, num_frames, resolution, split, fps) for index in range(num_videos)]
+        specs = [sample_video_spec(seed, index, num_frames, resolution, split, fps, version)
+                 for index in range(num_videos)]
         jobs = [(spec, None, spec.to_json()) for spec in specs]
         entries = [
             {"video_id": spec.video_id, "identity_id": spec.identity.identity_id, "num_frames": num_frames}
@@ -352,7 +382,7 @@ def generate_dataset(
     folders = list(MAP_NAMES) + ([REFERENCE_FOLDER, ORIGINAL_FOLDER] if split == REENACT_SPLIT else [])
     index = {
         "generator": "synthdance",
-        "format_version": FORMAT_VERSION,
+        "format_version": version,
         "split": split,
         "seed": int(seed),
         "num_frames": num_frames,
