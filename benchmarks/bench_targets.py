@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from referencelcm import ReferenceLCMPipeline
-from referencelcm.data.synthdance import FORMAT_VERSION, generate_dataset
+from referencelcm.data.synthdance import FORMAT_VERSION, FORMAT_VERSIONS, generate_dataset
 from referencelcm.evaluation import (
     VAE_RECONSTRUCTION,
     baseline_ratio,
@@ -57,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num_videos", type=int, default=24, help="videos per split")
     parser.add_argument("--num_frames", type=int, default=17, help="frames per video (frame 0 is the reference)")
     parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--format_version", type=int, choices=FORMAT_VERSIONS, default=FORMAT_VERSION,
+                        help="SynthDance format of the splits: the framing the models were trained on")
     parser.add_argument("--steps", type=int, default=4, help="the student's steps, and the teacher's to beat")
     parser.add_argument("--teacher_steps", type=int, default=20, help="the teacher's reference number of steps")
     parser.add_argument("--guidance_scale", type=float, default=3.5, help="the teacher's CFG scale")
@@ -90,13 +92,14 @@ def split_folder(args: argparse.Namespace, root: Path, seed: int, kind: str) -> 
     split = SPLITS[kind]
     if not folder.exists():
         return generate_dataset(folder, num_videos=args.num_videos, num_frames=args.num_frames,
-                                resolution=args.resolution, seed=seed, split=split, progress=not args.no_progress)
+                                resolution=args.resolution, seed=seed, split=split, progress=not args.no_progress,
+                                version=args.format_version)
     try:
         index = json.loads((folder / "index.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise SystemExit(f"{folder} is not a SynthDance split ({error}): remove it or pass another --data_dir.")
     wanted = {"seed": seed, "split": split, "num_frames": args.num_frames, "resolution": args.resolution,
-              "format_version": FORMAT_VERSION}
+              "format_version": args.format_version}
     found = {key: index.get(key) for key in wanted}
     found["num_videos"], wanted["num_videos"] = len(index.get("videos", [])), args.num_videos
     if found != wanted:
@@ -164,14 +167,17 @@ def results_markdown(args: argparse.Namespace, per_split: dict[tuple[int, str], 
     all_rows = [row for rows in per_split.values() for row in rows]
     targets = appearance_targets(all_rows, args.steps, args.teacher_steps)
     met = sum(bool(item["met"]) for item in targets)
+    format_flag = "" if args.format_version == FORMAT_VERSION else f" --format_version {args.format_version}"
     lines = [
         RESULTS_BEGIN,
         "## The targets on fresh test splits",
         "",
-        f"Produced by `python benchmarks/bench_targets.py --seeds {' '.join(map(str, seeds))}` on this machine's "
+        f"Produced by `python benchmarks/bench_targets.py --seeds {' '.join(map(str, seeds))}{format_flag}` on this "
+        "machine's "
         f"CPU ({os.cpu_count()} cores) in {minutes:.1f} minutes, with `{shown_path(args.teacher)}` and "
         f"`{shown_path(args.student)}`. Each seed draws a SynthDance test split ({args.num_videos} videos of "
-        f"unseen identities, {args.resolution} px, {args.num_frames - 1} generated frames each) and the reenactment "
+        f"unseen identities, {args.resolution} px, SynthDance format {args.format_version}, {args.num_frames - 1} "
+        "generated frames each) and the reenactment "
         "split of the same identities (video A's guidance, a frame of identity B as the reference); video i starts "
         f"from the noise of seed + i. The teacher runs with CFG {args.guidance_scale:g}, the student without. "
         "Part ΔE ÷ ignoring is the per-part colour error (ΔE*ab) over that of a model that paints each part in the "

@@ -112,6 +112,15 @@ def test_bad_arguments_are_named(bench, models, tmp_path, capsys):
                      progress=False)
     with pytest.raises(SystemExit, match=r"seed=5 \(asked: 4\), num_frames=4 \(asked: 3\)"):
         bench.main(tiny_argv(models, results, "--seeds", "4", "--data_dir", str(data)))
+    # the format is part of the settings: a format-1 split is reused by --format_version 1 only
+    generate_dataset(data / "seed_6" / "self", num_videos=2, num_frames=3, resolution=32, seed=6, split="test",
+                     progress=False, version=1)
+    with pytest.raises(SystemExit, match=r"format_version=1 \(asked: 2\)"):
+        bench.main(tiny_argv(models, results, "--seeds", "6", "--data_dir", str(data)))
+    assert bench.main(tiny_argv(models, results, "--seeds", "6", "--data_dir", str(data), "--format_version", "1",
+                                "--no_write")) == 0
+    assert "SynthDance format 1" in bench.results_markdown(
+        bench.parse_args(tiny_argv(models, results, "--seeds", "6", "--format_version", "1")), {}, 0.0)
     (data / "seed_8" / "self" / "test_00000").mkdir(parents=True)
     with pytest.raises(SystemExit, match="is not a SynthDance split"):
         bench.main(tiny_argv(models, results, "--seeds", "8", "--data_dir", str(data)))
