@@ -32,6 +32,7 @@ from .arguments import (
     naming,
     read_image,
     resolve_device,
+    temporary_file_beside,
 )
 from .data.layout import IMAGE_FOLDER, list_frames, read_guidance_frames, validate_video_dir
 
@@ -139,8 +140,7 @@ def write_video(frames: list[np.ndarray] | list[PIL.Image.Image], path: str | os
     path = Path(path)
     created = missing_parents(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(suffix=path.suffix or ".mp4", dir=path.parent, prefix=".tmp-")
-    os.close(handle)
+    temporary = temporary_file_beside(path, path.suffix or ".mp4")
     try:
         export_to_video(frames, temporary, fps=fps)
         os.replace(temporary, path)

@@ -130,6 +130,20 @@ def _check_parent_writable(flag: str, path: Path) -> None:
         raise ValueError(f"{flag} {path}: the folder {existing} is not writable.")
 
 
+def temporary_file_beside(path: str | os.PathLike, suffix: str) -> str:
+    """A new empty temporary file in ``path``'s folder, to be renamed onto ``path`` once complete (``os.replace``).
+
+    ``tempfile.mkstemp`` creates it readable by its owner only; it gets the mode a plain ``open`` would have given
+    (0666 less the umask), so the renamed output is as readable as any other file the user writes.
+    """
+    handle, temporary = tempfile.mkstemp(suffix=suffix, prefix=".tmp-", dir=Path(path).parent)
+    os.close(handle)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
+    return temporary
+
+
 def missing_parents(path: str | os.PathLike) -> Path | None:
     """The outermost missing ancestor folder of ``path`` (what writing ``path`` will create), or ``None``."""
     missing = None

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .arguments import temporary_file_beside
 from .data.layout import (
     IMAGE_FOLDER,
     MASK_FOLDER,
@@ -792,8 +792,7 @@ def write_side_by_side(
     ground_truth = (video.ground_truth.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
     generated = (generated.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
     frames = np.concatenate([reference, ground_truth, generated], axis=2)
-    descriptor, temporary = tempfile.mkstemp(suffix=path.suffix, prefix=".tmp-", dir=path.parent)
-    os.close(descriptor)
+    temporary = temporary_file_beside(path, path.suffix)
     try:
         try:
             from diffusers.utils import export_to_video

@@ -1,3 +1,5 @@
+import os
+import stat
 import subprocess
 import sys
 import tempfile
@@ -53,6 +55,16 @@ def test_write_video_keeps_the_colours_of_uint8_frames(tmp_path):
     """The grid's frames are uint8: written as they are, not scaled by 255 again (which inverted them)."""
     frames = [np.full((16, 16, 3), 200, dtype=np.uint8)] * 2
     assert abs(float(iio.imread(write_video(frames, tmp_path / "grey.mp4", fps=12)).mean()) - 200) < 3
+
+
+def test_written_videos_get_the_mode_of_any_new_file(tmp_path):
+    """The atomic write's temporary file is created owner-only; the video renamed from it is not."""
+    umask = os.umask(0o022)
+    try:
+        path = write_video([np.zeros((16, 16, 3), dtype=np.uint8)] * 2, tmp_path / "out.mp4", fps=12)
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
 def test_missing_guidance_type_is_named(tmp_path, video_dir, model_dir, capsys):
