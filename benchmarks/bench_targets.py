@@ -167,18 +167,18 @@ def results_markdown(args: argparse.Namespace, per_split: dict[tuple[int, str], 
     all_rows = [row for rows in per_split.values() for row in rows]
     targets = appearance_targets(all_rows, args.steps, args.teacher_steps)
     met = sum(bool(item["met"]) for item in targets)
+    seeds_text = " ".join(map(str, seeds))
     format_flag = "" if args.format_version == FORMAT_VERSION else f" --format_version {args.format_version}"
     lines = [
         RESULTS_BEGIN,
         "## The targets on fresh test splits",
         "",
-        f"Produced by `python benchmarks/bench_targets.py --seeds {' '.join(map(str, seeds))}{format_flag}` on this "
-        "machine's "
+        f"Produced by `python benchmarks/bench_targets.py --seeds {seeds_text}{format_flag}` on this machine's "
         f"CPU ({os.cpu_count()} cores) in {minutes:.1f} minutes, with `{shown_path(args.teacher)}` and "
         f"`{shown_path(args.student)}`. Each seed draws a SynthDance test split ({args.num_videos} videos of "
         f"unseen identities, {args.resolution} px, SynthDance format {args.format_version}, {args.num_frames - 1} "
-        "generated frames each) and the reenactment "
-        "split of the same identities (video A's guidance, a frame of identity B as the reference); video i starts "
+        "generated frames each) and the reenactment split of the same identities (video A's guidance, a frame of "
+        "identity B as the reference); video i starts "
         f"from the noise of seed + i. The teacher runs with CFG {args.guidance_scale:g}, the student without. "
         "Part ΔE ÷ ignoring is the per-part colour error (ΔE*ab) over that of a model that paints each part in the "
         "split's mean colour; swap is the error to B's appearance over the error to A's own.",

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from referencelcm import ReferenceLCMPipeline
-from referencelcm.data.synthdance import generate_dataset
+from referencelcm.data.synthdance import FORMAT_VERSION, generate_dataset
 from referencelcm.evaluation import write_marked_section
 
 from .conftest import build_components
@@ -115,7 +115,7 @@ def test_bad_arguments_are_named(bench, models, tmp_path, capsys):
     # the format is part of the settings: a format-1 split is reused by --format_version 1 only
     generate_dataset(data / "seed_6" / "self", num_videos=2, num_frames=3, resolution=32, seed=6, split="test",
                      progress=False, version=1)
-    with pytest.raises(SystemExit, match=r"format_version=1 \(asked: 2\)"):
+    with pytest.raises(SystemExit, match=rf"format_version=1 \(asked: {FORMAT_VERSION}\)"):
         bench.main(tiny_argv(models, results, "--seeds", "6", "--data_dir", str(data)))
     assert bench.main(tiny_argv(models, results, "--seeds", "6", "--data_dir", str(data), "--format_version", "1",
                                 "--no_write")) == 0
