@@ -43,6 +43,31 @@ def test_latent_channels_size_the_vae_and_both_unets():
     assert frames.shape == (2, 3, 32, 32)
 
 
+def test_a_convolution_only_finest_level_builds_both_unets_without_attention_there():
+    components = build_components(unet_block_out_channels=(8, 16, 16), unet_attention_levels=(False, True, False),
+                                  vae_block_out_channels=(8, 16))
+    for name in ("reference_unet", "denoising_unet"):
+        unet = components[name]
+        assert not hasattr(unet.down_blocks[0], "attentions") and not hasattr(unet.up_blocks[-1], "attentions")
+        assert hasattr(unet.down_blocks[1], "attentions") and hasattr(unet.up_blocks[1], "attentions")
+    pipe = ReferenceLCMPipeline(**components)
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(0)
+    guidance = {name: torch.rand(3, 3, 32, 32, generator=generator) for name in pipe.guidance_types}
+    reference = (torch.rand(32, 32, 3, generator=generator) * 255).to(torch.uint8).numpy()
+    frames = pipe(reference, guidance, num_inference_steps=2, output_type="pt").frames[0]
+    assert frames.shape == (3, 3, 32, 32)
+    # The reference still reaches the output through the attention levels that remain.
+    other = pipe(255 - reference, guidance, num_inference_steps=2, output_type="pt").frames[0]
+    assert (frames - other).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("levels", [(True,), (False, False), (True, True, True)])
+def test_attention_levels_must_fit_the_unet(levels):
+    with pytest.raises(ValueError, match="attention_levels.*one flag per UNet level"):
+        build_components(unet_block_out_channels=(8, 16), unet_attention_levels=levels)
+
+
 def test_build_components_leaves_the_global_rng_unchanged():
     torch.manual_seed(1234)
     state = torch.get_rng_state()

@@ -8,6 +8,7 @@ from diffusers import DDIMScheduler
 
 from referencelcm import ReferenceLCMPipeline
 from referencelcm.models.reference_attention import ReferenceBank
+from referencelcm.pipelines import factory
 from referencelcm.pipelines.factory import TEACHER_SCHEDULER_CONFIG
 from referencelcm.training.teacher import (
     TeacherConfig,
@@ -24,7 +25,7 @@ from referencelcm.training.teacher import (
 )
 from referencelcm.training.vae import latent_scaling_factor, person_crops, vae_loss
 
-from ..conftest import GUIDANCE_TYPES, IMAGE_SIZE, build_components, randomize_guidance_encoder
+from ..conftest import CROSS_ATTENTION_DIM, GUIDANCE_TYPES, IMAGE_SIZE, build_components, randomize_guidance_encoder
 
 BATCH_SIZE = 2
 
@@ -157,6 +158,27 @@ def test_unread_reference_parameters_are_exactly_those_without_gradient():
     assert without_grad == unread
     assert all(parameter.grad is not None for parameter in models.guidance_encoder.parameters())
     assert all(parameter.grad is not None for parameter in models.denoising_unet.parameters())
+
+
+def test_a_convolution_only_finest_level_leaves_the_reference_unets_top_unread_and_trains_the_rest():
+    components = factory.build_components(
+        image_size=IMAGE_SIZE, unet_block_out_channels=(8, 16, 16), unet_attention_levels=(False, True, False),
+        vae_block_out_channels=(8, 16), cross_attention_dim=CROSS_ATTENTION_DIM, guidance_types=GUIDANCE_TYPES,
+        motion=False, scheduler="ddim")
+    randomize_guidance_encoder(components["guidance_encoder"])
+    pipe = ReferenceLCMPipeline(**components)
+    models = TeacherModels(pipe.vae, pipe.image_encoder, pipe.reference_unet, pipe.denoising_unet,
+                           pipe.guidance_encoder)
+    unread = set(unread_reference_parameters(models.reference_unet))
+    assert {"up_blocks.2.resnets.0.conv1.weight", "conv_out.weight"} <= unread  # after the last attention
+    assert "down_blocks.0.resnets.0.conv1.weight" not in unread  # feeds the attention levels below it
+    for model in (models.reference_unet, models.denoising_unet, models.guidance_encoder):
+        model.requires_grad_(True)
+    step = TeacherTrainingStep(models, pipe.scheduler, TeacherConfig(noise_offset=0.0, snr_gamma=None))
+    output = step.step(make_batch(), torch.Generator().manual_seed(0), drop_mask=torch.zeros(BATCH_SIZE, dtype=bool))
+    output.loss.backward()
+    without_grad = {name for name, parameter in models.reference_unet.named_parameters() if parameter.grad is None}
+    assert without_grad == unread
 
 
 def test_gradient_checkpointing_keeps_reference_gradients():

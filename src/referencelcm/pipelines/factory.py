@@ -45,18 +45,35 @@ def unet_2d_config(
     time_cond_proj_dim: int | None = None,
     layers_per_block: int = 1,
     latent_channels: int = 4,
+    attention_levels: Sequence[bool] | None = None,
 ) -> dict:
-    """A ``UNet2DConditionModel`` config: cross-attention in every block but the deepest (SD1.5's pattern), reading
-    and predicting ``latent_channels``-channel latents."""
+    """A ``UNet2DConditionModel`` config reading and predicting ``latent_channels``-channel latents.
+
+    ``attention_levels`` says, level by level from the finest, which blocks carry transformer layers (cross-attention
+    to the image embedding, and the self-attention that reference features join); the default is SD1.5's pattern,
+    every level but the deepest. A convolution-only finest level keeps large latents affordable: attention cost grows
+    with the square of the tokens (measured at 32 × 32 latents: 6–7 × a 16 × 16 D-UNet step with attention there,
+    1.8 × without).
+    """
     depth = len(block_out_channels)
+    if attention_levels is None:
+        attention_levels = (True,) * (depth - 1) + (False,)
+    attention_levels = tuple(bool(level) for level in attention_levels)
+    if len(attention_levels) != depth or not any(attention_levels):
+        raise ValueError(
+            f"`attention_levels` must give one flag per UNet level ({depth}, as `block_out_channels`) with at least "
+            f"one True (reference features are read by attention), got {list(attention_levels)}."
+        )
+    down_block_types = tuple("CrossAttnDownBlock2D" if level else "DownBlock2D" for level in attention_levels)
+    up_block_types = tuple("CrossAttnUpBlock2D" if level else "UpBlock2D" for level in reversed(attention_levels))
     return dict(
         sample_size=sample_size,
         in_channels=latent_channels,
         out_channels=latent_channels,
         block_out_channels=tuple(block_out_channels),
         layers_per_block=layers_per_block,
-        down_block_types=("CrossAttnDownBlock2D",) * (depth - 1) + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (depth - 1),
+        down_block_types=down_block_types,
+        up_block_types=up_block_types,
         cross_attention_dim=cross_attention_dim,
         attention_head_dim=attention_head_dim,
         norm_num_groups=norm_num_groups,
@@ -96,6 +113,7 @@ def build_components(
     vae_latent_channels: int = 4,
     vae_norm_num_groups: int | None = None,
     image_encoder_config: dict | None = None,
+    unet_attention_levels: Sequence[bool] | None = None,
 ) -> dict:
     """Every :class:`ReferenceLCMPipeline` component, freshly initialised from ``seed`` (defaults: tiny, CPU-fast).
 
@@ -108,7 +126,8 @@ def build_components(
     ``vae_latent_channels`` sets the latent's channels (and both UNets' input and output); ``vae_norm_num_groups``
     the VAE's group-norm groups (default ``norm_num_groups``). ``image_encoder_config`` overrides the tiny CLIP
     vision config (``hidden_size``, ``num_hidden_layers``, ``image_size``, ``patch_size`` …; the feature extractor
-    follows its ``image_size``). The weights are drawn from a forked RNG seeded with
+    follows its ``image_size``). ``unet_attention_levels`` picks the UNet levels with attention, finest first (see
+    :func:`unet_2d_config`; default: all but the deepest). The weights are drawn from a forked RNG seeded with
     ``seed``: the caller's global torch RNG state is left unchanged.
     """
     if scheduler not in ("lcm", "ddim"):
@@ -137,6 +156,7 @@ def build_components(
         layers_per_block=layers_per_block,
         attention_head_dim=attention_head_dim,
         latent_channels=vae_latent_channels,
+        attention_levels=unet_attention_levels,
     )
     reference_unet = UNet2DConditionModel(**unet_2d_config(**unet_kwargs))
     denoising_unet = UNet2DConditionModel(**unet_2d_config(**unet_kwargs, time_cond_proj_dim=time_cond_proj_dim))
