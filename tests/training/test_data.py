@@ -111,6 +111,27 @@ def test_seeded_items_are_reproducible_and_epochs_differ(synth_root):
     assert any(not torch.equal(first[index]["target"], second[index]["target"]) for index in range(6))
 
 
+def test_cached_items_equal_uncached_ones_and_no_longer_read_the_disk(synth_root, tmp_path):
+    root = shutil.copytree(synth_root, tmp_path / "copy")
+    cached = ReferenceVideoDataset(root, 48, seed=5, num_references=1, cache_images=True)
+    plain = ReferenceVideoDataset(root, 48, seed=5, num_references=1)
+    for epoch in (0, 1):
+        cached.set_epoch(epoch), plain.set_epoch(epoch)
+        for index in range(len(plain)):
+            first, second = cached[index], plain[index]
+            for key in ("target", "references", "reference_clip_pixels"):
+                assert torch.equal(first[key], second[key]), (epoch, index, key)
+            for name in CHAMP_GUIDANCE_TYPES:
+                assert torch.equal(first["guidance"][name], second["guidance"][name]), (epoch, index, name)
+    for folder in ("images", *CHAMP_GUIDANCE_TYPES):
+        for path in (root / cached.video_ids[0] / folder).glob("*.png"):
+            path.write_bytes(b"")  # damaged on disk: only a cached read still works
+    cached.set_epoch(2)
+    assert cached[0]["target"].shape == (3, 1, 48, 48)
+    with pytest.raises(ValueError, match="0000.png"):
+        plain[0]
+
+
 def test_builtin_clip_pixels_match_the_clip_image_processor(synth_root):
     transformers = pytest.importorskip("transformers")
     processor = transformers.CLIPImageProcessor()  # default config: 224, bicubic, CLIP mean/std; no download
@@ -218,7 +239,7 @@ def test_the_vae_stage_loader_reads_whole_frames_and_their_masks(synth_root):
     from referencelcm.training.script_support import training_dataloader
 
     args = argparse.Namespace(train_data_dir=str(synth_root), resolution=RESOLUTION, num_frames=1, frame_stride=1,
-                              seed=0, train_batch_size=2, dataloader_num_workers=0)
+                              seed=0, train_batch_size=2, dataloader_num_workers=0, cache_frames=True)
     pipe = argparse.Namespace(guidance_types=CHAMP_GUIDANCE_TYPES,
                               feature_extractor=build_components()["feature_extractor"])
     dataset, _, dataloader = training_dataloader(args, pipe, 1, guidance_types=("mask",), random_crop=False)

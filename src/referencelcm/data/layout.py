@@ -22,7 +22,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -254,9 +254,13 @@ def apply_mask(semantic_map: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def read_guidance_frames(
-    video: ChampVideo, guidance_types: Sequence[str], frames: Sequence[int]
+    video: ChampVideo,
+    guidance_types: Sequence[str],
+    frames: Sequence[int],
+    read: Callable[[Path], np.ndarray] = read_rgb,
 ) -> dict[str, np.ndarray]:
-    """Guidance maps of frames ``frames`` (0-based numbers) of a validated video: ``{type: (F, H, W, 3) uint8}``.
+    """Guidance maps of frames ``frames`` (0-based numbers) of a validated video: ``{type: (F, H, W, 3) uint8}``,
+    each map read with ``read`` (default :func:`read_rgb`; a caching reader keeps decoded maps between calls).
 
     ``semantic_map`` is multiplied by the mask when the video has one. Raises ``ValueError`` naming the file whose size
     differs from the first guidance map's.
@@ -266,7 +270,7 @@ def read_guidance_frames(
     for guidance_type in guidance_types:
         stack = []
         for frame in frames:
-            array = read_rgb(video.frame_path(guidance_type, frame))
+            array = read(video.frame_path(guidance_type, frame))
             if expected is None:
                 expected, expected_name = array.shape[:2], f"{guidance_type}/{video.files[guidance_type][frame]}"
             elif array.shape[:2] != expected:
