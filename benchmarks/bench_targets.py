@@ -56,7 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[2, 3, 4, 5, 6], help="one test split per seed")
     parser.add_argument("--num_videos", type=int, default=24, help="videos per split")
     parser.add_argument("--num_frames", type=int, default=17, help="frames per video (frame 0 is the reference)")
-    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="frame size of the splits (default: the teacher VAE's sample_size, the size it learnt)")
     parser.add_argument("--format_version", type=int, choices=FORMAT_VERSIONS, default=FORMAT_VERSION,
                         help="SynthDance format of the splits: the framing the models were trained on")
     parser.add_argument("--steps", type=int, default=4, help="the student's steps, and the teacher's to beat")
@@ -209,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     if set(teacher.guidance_types) != set(student.guidance_types):
         raise SystemExit(f"the teacher reads {teacher.guidance_types} and the student {student.guidance_types}: "
                          "they must take the same guidance types.")
+    if args.resolution is None:
+        args.resolution = int(teacher.vae.config.sample_size)
     with tempfile.TemporaryDirectory(prefix="bench-targets-") as temporary:
         root = Path(args.data_dir) if args.data_dir else Path(temporary)
         per_split = {}

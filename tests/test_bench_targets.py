@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -139,3 +140,13 @@ def test_write_marked_section_replaces_only_between_its_markers(tmp_path):
     assert not list(tmp_path.glob(".tmp-*"))
     with pytest.raises(ValueError, match="begin"):
         write_marked_section(path, "no markers", "<!-- a: begin -->", "<!-- a: end -->")
+
+
+def test_splits_default_to_the_size_the_teacher_learnt(bench, models):
+    data = models["root"] / "native-size"
+    argv = tiny_argv(models, models["root"] / "native.md", "--seeds", "5", "--data_dir", str(data), "--no_write")
+    position = argv.index("--resolution")
+    del argv[position:position + 2]
+    assert bench.main(argv) == 0
+    index = json.loads((data / "seed_5" / "self" / "index.json").read_text())
+    assert index["resolution"] == ReferenceLCMPipeline.from_pretrained(models["teacher"]).vae.config.sample_size == 32
