@@ -83,6 +83,24 @@ def test_config_round_trip(tmp_path):
     assert torch.equal(loaded(guidance), encoder(guidance))
 
 
+def test_an_encoder_without_attention_is_convolutions_only_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    encoder = MultiGuidanceEncoder(TYPES, 3, (8, 16, 16, 32), 32, 4, add_attention=False)
+    for sub in encoder.encoders.values():
+        assert sub.attention is None
+        torch.nn.init.normal_(sub.conv_out.weight, std=0.02)
+    assert not any("attention" in name for name in encoder.state_dict())
+    guidance = random_guidance((1, 3, 2, 16, 16))
+    with_attention = tiny_encoder()
+    with_attention.load_state_dict(encoder.state_dict(), strict=False)  # same convolutions, plus attention
+    assert encoder(guidance).shape == with_attention(guidance).shape == (1, 32, 2, 2, 2)
+    assert not torch.allclose(encoder(guidance), with_attention(guidance))
+    encoder.save_pretrained(tmp_path)
+    loaded = MultiGuidanceEncoder.from_pretrained(tmp_path)
+    assert loaded.config.add_attention is False
+    assert torch.equal(loaded(guidance), encoder(guidance))
+
+
 def subset_encoder(guidance_type_dropout: float = 0.5) -> MultiGuidanceEncoder:
     """A tiny encoder trained (as recorded in its config) with guidance-type dropout, outputs made non-zero."""
     torch.manual_seed(0)

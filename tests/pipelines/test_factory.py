@@ -68,6 +68,22 @@ def test_attention_levels_must_fit_the_unet(levels):
         build_components(unet_block_out_channels=(8, 16), unet_attention_levels=levels)
 
 
+def test_guidance_encoders_without_attention_run_and_stay_so_when_rebuilt_to_fit(tmp_path):
+    from referencelcm.training.teacher_stages import replace_from_folders
+
+    components = build_components(guidance_attention=False)
+    assert components["guidance_encoder"].config.add_attention is False
+    pipe = ReferenceLCMPipeline(**components)
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(0)
+    guidance = {name: torch.rand(2, 3, 32, 32, generator=generator) for name in pipe.guidance_types}
+    reference = (torch.rand(32, 32, 3, generator=generator) * 255).to(torch.uint8).numpy()
+    assert pipe(reference, guidance, num_inference_steps=1, output_type="pt").frames[0].shape == (2, 3, 32, 32)
+    build_components(vae_block_out_channels=(8, 16))["vae"].save_pretrained(tmp_path / "vae")
+    rebuilt = replace_from_folders(components, vae_path=tmp_path)["guidance_encoder"]
+    assert rebuilt.downsample_factor == 2 and rebuilt.config.add_attention is False
+
+
 def test_build_components_leaves_the_global_rng_unchanged():
     torch.manual_seed(1234)
     state = torch.get_rng_state()

@@ -114,6 +114,7 @@ def build_components(
     vae_norm_num_groups: int | None = None,
     image_encoder_config: dict | None = None,
     unet_attention_levels: Sequence[bool] | None = None,
+    guidance_attention: bool = True,
 ) -> dict:
     """Every :class:`ReferenceLCMPipeline` component, freshly initialised from ``seed`` (defaults: tiny, CPU-fast).
 
@@ -127,7 +128,8 @@ def build_components(
     the VAE's group-norm groups (default ``norm_num_groups``). ``image_encoder_config`` overrides the tiny CLIP
     vision config (``hidden_size``, ``num_hidden_layers``, ``image_size``, ``patch_size`` …; the feature extractor
     follows its ``image_size``). ``unet_attention_levels`` picks the UNet levels with attention, finest first (see
-    :func:`unet_2d_config`; default: all but the deepest). The weights are drawn from a forked RNG seeded with
+    :func:`unet_2d_config`; default: all but the deepest); ``guidance_attention=False`` builds the guidance encoders
+    without their attention block (``MultiGuidanceEncoder(add_attention=False)``). The weights are drawn from a forked RNG seeded with
     ``seed``: the caller's global torch RNG state is left unchanged.
     """
     if scheduler not in ("lcm", "ddim"):
@@ -180,6 +182,7 @@ def build_components(
         block_out_channels=tuple(guidance_block_out_channels),
         guidance_embedding_channels=first_width,
         attention_num_heads=4,
+        add_attention=guidance_attention,
     )
     scheduler_class = LCMScheduler if scheduler == "lcm" else DDIMScheduler
     for model in (vae, image_encoder, reference_unet, denoising_unet, guidance_encoder):
@@ -254,18 +257,18 @@ CHAMP_GUIDANCE_WIDTHS = (16, 32, 96, 256)
 
 
 def matching_guidance_encoder(
-    guidance_types: Sequence[str], denoising_unet: torch.nn.Module, vae: torch.nn.Module
+    guidance_types: Sequence[str], denoising_unet: torch.nn.Module, vae: torch.nn.Module, add_attention: bool = True
 ) -> MultiGuidanceEncoder:
     """A new guidance encoder for ``denoising_unet``'s first width and ``vae``'s downsampling factor: Champ's widths
     (:data:`CHAMP_GUIDANCE_WIDTHS`) for a 4-level VAE and a D-UNet at least 64 wide, otherwise ``(w, 2w, …, 4w)``
-    with ``w`` the D-UNet's first width."""
+    with ``w`` the D-UNet's first width; with or without attention blocks (``add_attention``)."""
     vae_depth = len(vae.config.block_out_channels)
     first_width = denoising_unet.config.block_out_channels[0]
     widths = CHAMP_GUIDANCE_WIDTHS if vae_depth == len(CHAMP_GUIDANCE_WIDTHS) and first_width >= 64 else (
         (first_width,) + (2 * first_width,) * (vae_depth - 2) + (4 * first_width,))
     return MultiGuidanceEncoder(tuple(guidance_types), block_out_channels=widths,
                                 guidance_embedding_channels=first_width,
-                                attention_num_heads=8 if first_width >= 64 else 4)
+                                attention_num_heads=8 if first_width >= 64 else 4, add_attention=add_attention)
 
 
 def guidance_encoder_fits(

@@ -106,7 +106,7 @@ def replace_from_folders(
     guidance_encoder, unet, vae = components["guidance_encoder"], components["denoising_unet"], components["vae"]
     if (unet_path is not None or vae_path is not None) and not factory.guidance_encoder_fits(guidance_encoder, unet, vae):
         components["guidance_encoder"] = factory.matching_guidance_encoder(
-            guidance_encoder.config.guidance_types, unet, vae)
+            guidance_encoder.config.guidance_types, unet, vae, guidance_encoder.config.add_attention)
     embedding_dim = components["image_encoder"].config.projection_dim
     if embedding_dim != unet.config.cross_attention_dim:
         raise ValueError(
