@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "referencelcm"
 LAYERS = (
     {"_quiet", "arguments", "state_dicts", "models", "data", "metrics"},
     {"pipelines"},
-    {"training", "convert", "evaluation", "extract"},
+    {"training", "convert", "evaluation", "extract", "diagnostics"},
     {"targets", "build_report", "animate", "demo"},
     {"cli", "__init__", "__main__"},
 )
