@@ -134,13 +134,14 @@ def train_teacher(build: Build) -> None:
         print(f"\n{teacher} is complete; the VAE and teacher stages are skipped.")
         return
     build.timed(TEACHER_STAGES[0], run_script, build, "train_teacher.py", vae, preset.vae,
-                ["--stage", "vae", "--model_config", str(config_path)])
+                ["--stage", "vae", "--model_config", str(config_path), *preset.stage_flags("vae")])
     check_vae_gate(build, vae)
     build.timed(TEACHER_STAGES[1], run_script, build, "train_teacher.py", image, preset.teacher_image,
-                ["--stage", "image", "--pretrained_model", str(vae)])
+                ["--stage", "image", "--pretrained_model", str(vae), *preset.stage_flags("teacher_image")])
     build.timed(TEACHER_STAGES[2], run_script, build, "train_teacher.py", teacher, preset.teacher_video,
                 ["--stage", "video", "--pretrained_model", str(image), "--num_frames", str(preset.clip_frames),
-                 "--model_config", str(config_path)])  # its motion_* keys size the new motion adapter
+                 "--model_config", str(config_path), *preset.stage_flags("teacher_video")])
+    # (--model_config: its motion_* keys size the new motion adapter)
 
 
 def check_vae_gate(build: Build, vae_dir: Path) -> None:
@@ -171,13 +172,13 @@ def distill(build: Build) -> None:
                     preset.spatial, ["--phase", "spatial", "--pretrained_teacher_model", teacher,
                                      "--guidance_scale", str(preset.distillation_guidance_scale),
                                      "--eta_weight", str(variant.eta_weight),
-                                     "--cons_weight", str(variant.cons_weight)])
+                                     "--cons_weight", str(variant.cons_weight), *preset.stage_flags("spatial")])
         build.timed(f"distil {variant.name}: temporal", run_script, build, "train_cosec_lcd.py",
                     build.temporal_dir(variant), preset.temporal,
                     ["--phase", "temporal", "--pretrained_teacher_model", teacher,
                      "--pretrained_student_model", str(spatial), "--num_frames", str(preset.clip_frames),
                      "--guidance_scale", str(preset.distillation_guidance_scale),
-                     "--temporal_eta_weight", str(variant.temporal_eta_weight)])
+                     "--temporal_eta_weight", str(variant.temporal_eta_weight), *preset.stage_flags("temporal")])
 
 
 def ship(build: Build, models_dir: Path, assets_dir: Path, results: Path, command: str) -> None:

@@ -64,6 +64,19 @@ class Preset:
     # on it; None skips the check (toy sizes).
     vae_gate: tuple[float, float] | None = (0.15, 10.0)
     checkpointing_steps: int = 250
+    # The image stage also trains the CLIP image encoder (train_teacher.py --train_image_encoder): a model trained
+    # from scratch has no pretrained CLIP to keep, and a random one gives the cross-attention random features.
+    train_image_encoder: bool = False
+    # Every training stage keeps decoded frames in memory (--cache_frames): the data is small, PNG decoding is not.
+    cache_frames: bool = False
+
+    def stage_flags(self, stage: str) -> list[str]:
+        """The switches (flags without a value) a training ``stage`` gets: ``"vae"``, ``"teacher_image"``,
+        ``"teacher_video"``, ``"spatial"`` or ``"temporal"``."""
+        flags = ["--cache_frames"] if self.cache_frames else []
+        if stage == "teacher_image" and self.train_image_encoder:
+            flags.append("--train_image_encoder")
+        return flags
 
 
 @dataclass(frozen=True)
@@ -164,7 +177,7 @@ def check_logged_arguments(output: Path, arguments: list[str]) -> None:
         return
     logged = json.loads(logged_path.read_text())
     differences = []
-    for flag, value in zip(arguments[::2], arguments[1::2]):
+    for flag, value in _flag_values(arguments):
         name = flag.removeprefix("--")
         if name in BOOKKEEPING_ARGUMENTS or logged.get(name) is None:
             continue
@@ -177,6 +190,17 @@ def check_logged_arguments(output: Path, arguments: list[str]) -> None:
     if differences:
         raise SystemExit(f"{output} is complete but was trained with {', '.join(differences)}. Delete that folder "
                          "(and the stages after it), or pass another --work_dir, to train it with these settings.")
+
+
+def _flag_values(arguments: list[str]) -> list[tuple[str, str]]:
+    """``(--name, value)`` pairs of a command line; switches (a flag followed by another flag or nothing) are left
+    out, so that they do not shift the pairs after them."""
+    pairs = []
+    for position, token in enumerate(arguments):
+        following = arguments[position + 1] if position + 1 < len(arguments) else None
+        if token.startswith("--") and following is not None and not following.startswith("--"):
+            pairs.append((token, following))
+    return pairs
 
 
 def copy_folder(source: Path, destination: Path, entries: tuple[str, ...]) -> None:
