@@ -129,8 +129,8 @@ def build_components(
     vision config (``hidden_size``, ``num_hidden_layers``, ``image_size``, ``patch_size`` …; the feature extractor
     follows its ``image_size``). ``unet_attention_levels`` picks the UNet levels with attention, finest first (see
     :func:`unet_2d_config`; default: all but the deepest); ``guidance_attention=False`` builds the guidance encoders
-    without their attention block (``MultiGuidanceEncoder(add_attention=False)``). The weights are drawn from a forked RNG seeded with
-    ``seed``: the caller's global torch RNG state is left unchanged.
+    without their attention block (``MultiGuidanceEncoder(add_attention=False)``). The weights are drawn from a
+    forked RNG seeded with ``seed``: the caller's global torch RNG state is left unchanged.
     """
     if scheduler not in ("lcm", "ddim"):
         raise ValueError(f"`scheduler` must be 'lcm' or 'ddim', got {scheduler!r}.")
