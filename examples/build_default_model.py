@@ -63,6 +63,7 @@ PRESETS = {
         # spatial steps scored lower (spatial phase alone: 0.5456, 0.5624 against 0.5733).
         spatial=dict(max_train_steps=800, train_batch_size=4, learning_rate=1e-5),
         temporal=dict(max_train_steps=150, train_batch_size=2, learning_rate=5e-6),
+        cache_frames=True,
     ),
     # Toy sizes for the test suite: every stage runs, nothing is learnt.
     "smoke": Preset(
@@ -77,6 +78,7 @@ PRESETS = {
         speed_repeats=1,
         checkpointing_steps=1,
         vae_gate=None,  # a 2-step VAE carries nothing; the gate's own test turns it on
+        cache_frames=True,
     ),
 }
 
@@ -134,14 +136,14 @@ def train_teacher(build: Build) -> None:
         print(f"\n{teacher} is complete; the VAE and teacher stages are skipped.")
         return
     build.timed(TEACHER_STAGES[0], run_script, build, "train_teacher.py", vae, preset.vae,
-                ["--stage", "vae", "--model_config", str(config_path), *preset.stage_flags("vae")])
+                ["--stage", "vae", "--model_config", str(config_path), *preset.switches])
     check_vae_gate(build, vae)
     build.timed(TEACHER_STAGES[1], run_script, build, "train_teacher.py", image, preset.teacher_image,
-                ["--stage", "image", "--pretrained_model", str(vae), *preset.stage_flags("teacher_image")])
+                ["--stage", "image", "--pretrained_model", str(vae), *preset.switches])
+    # --model_config again: its motion_* keys size the video stage's new motion adapter
     build.timed(TEACHER_STAGES[2], run_script, build, "train_teacher.py", teacher, preset.teacher_video,
                 ["--stage", "video", "--pretrained_model", str(image), "--num_frames", str(preset.clip_frames),
-                 "--model_config", str(config_path), *preset.stage_flags("teacher_video")])
-    # (--model_config: its motion_* keys size the new motion adapter)
+                 "--model_config", str(config_path), *preset.switches])
 
 
 def check_vae_gate(build: Build, vae_dir: Path) -> None:
@@ -172,13 +174,13 @@ def distill(build: Build) -> None:
                     preset.spatial, ["--phase", "spatial", "--pretrained_teacher_model", teacher,
                                      "--guidance_scale", str(preset.distillation_guidance_scale),
                                      "--eta_weight", str(variant.eta_weight),
-                                     "--cons_weight", str(variant.cons_weight), *preset.stage_flags("spatial")])
+                                     "--cons_weight", str(variant.cons_weight), *preset.switches])
         build.timed(f"distil {variant.name}: temporal", run_script, build, "train_cosec_lcd.py",
                     build.temporal_dir(variant), preset.temporal,
                     ["--phase", "temporal", "--pretrained_teacher_model", teacher,
                      "--pretrained_student_model", str(spatial), "--num_frames", str(preset.clip_frames),
                      "--guidance_scale", str(preset.distillation_guidance_scale),
-                     "--temporal_eta_weight", str(variant.temporal_eta_weight), *preset.stage_flags("temporal")])
+                     "--temporal_eta_weight", str(variant.temporal_eta_weight), *preset.switches])
 
 
 def ship(build: Build, models_dir: Path, assets_dir: Path, results: Path, command: str) -> None:

@@ -55,16 +55,14 @@ def test_a_complete_folder_trained_with_other_numbers_stops_the_build(tmp_path):
                                          r"\(asked: 0\.0003\), max_train_steps=800 \(asked: 1600\)"):
         check_logged_arguments(folder, ["--learning_rate", "0.0003", "--max_train_steps", "1600"])
     check_logged_arguments(tmp_path / "copied-in", ["--learning_rate", "1"])  # no logs: nothing to compare with
-    # a switch before the settings (as Preset.stage_flags adds) does not shift the pairs after it
+    # a switch before the settings (as Preset.switches adds) does not shift the pairs after it
     with pytest.raises(SystemExit, match=r"max_train_steps=800 \(asked: 1600\)"):
         check_logged_arguments(folder, ["--phase", "x", "--cache_frames", "--max_train_steps", "1600"])
 
 
-def test_stage_flags_are_the_presets_switches():
-    assert PRESET.stage_flags("vae") == [] and PRESET.stage_flags("teacher_image") == []
-    preset = dataclasses.replace(PRESET, cache_frames=True, train_image_encoder=True)
-    assert preset.stage_flags("vae") == preset.stage_flags("spatial") == ["--cache_frames"]
-    assert preset.stage_flags("teacher_image") == ["--cache_frames", "--train_image_encoder"]
+def test_switches_are_the_presets_flags_without_values():
+    assert PRESET.switches == []
+    assert dataclasses.replace(PRESET, cache_frames=True).switches == ["--cache_frames"]
 
 
 def test_timed_stages_keep_the_time_of_the_run_that_did_the_work(tmp_path, capsys):

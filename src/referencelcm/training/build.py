@@ -64,19 +64,13 @@ class Preset:
     # on it; None skips the check (toy sizes).
     vae_gate: tuple[float, float] | None = (0.15, 10.0)
     checkpointing_steps: int = 250
-    # The image stage also trains the CLIP image encoder (train_teacher.py --train_image_encoder): a model trained
-    # from scratch has no pretrained CLIP to keep, and a random one gives the cross-attention random features.
-    train_image_encoder: bool = False
     # Every training stage keeps decoded frames in memory (--cache_frames): the data is small, PNG decoding is not.
     cache_frames: bool = False
 
-    def stage_flags(self, stage: str) -> list[str]:
-        """The switches (flags without a value) a training ``stage`` gets: ``"vae"``, ``"teacher_image"``,
-        ``"teacher_video"``, ``"spatial"`` or ``"temporal"``."""
-        flags = ["--cache_frames"] if self.cache_frames else []
-        if stage == "teacher_image" and self.train_image_encoder:
-            flags.append("--train_image_encoder")
-        return flags
+    @property
+    def switches(self) -> list[str]:
+        """The flags without a value that every training stage of the build gets."""
+        return ["--cache_frames"] if self.cache_frames else []
 
 
 @dataclass(frozen=True)
