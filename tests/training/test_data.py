@@ -123,7 +123,7 @@ def test_cached_items_equal_uncached_ones_and_no_longer_read_the_disk(synth_root
                 assert torch.equal(first[key], second[key]), (epoch, index, key)
             for name in CHAMP_GUIDANCE_TYPES:
                 assert torch.equal(first["guidance"][name], second["guidance"][name]), (epoch, index, name)
-    for folder in ("images", *CHAMP_GUIDANCE_TYPES):
+    for folder in ("images", "mask", *CHAMP_GUIDANCE_TYPES):
         for path in (root / cached.video_ids[0] / folder).glob("*.png"):
             path.write_bytes(b"")  # damaged on disk: only a cached read still works
     cached.set_epoch(2)

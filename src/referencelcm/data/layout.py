@@ -242,9 +242,15 @@ def open_image(path: str | os.PathLike, mode: str = "RGB") -> Image.Image:
         raise _unreadable(path, error) from error
 
 
+def read_image_array(path: str | os.PathLike, mode: str = "RGB") -> np.ndarray:
+    """An image file as a uint8 array in ``mode``: ``(H, W, 3)`` for ``"RGB"``, ``(H, W)`` for ``"L"`` (errors as
+    :func:`open_image`)."""
+    return np.asarray(open_image(path, mode))
+
+
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
     """An image file as ``(H, W, 3)`` uint8 RGB (errors as :func:`open_image`)."""
-    return np.asarray(open_image(path))
+    return read_image_array(path)
 
 
 def apply_mask(semantic_map: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -257,10 +263,11 @@ def read_guidance_frames(
     video: ChampVideo,
     guidance_types: Sequence[str],
     frames: Sequence[int],
-    read: Callable[[Path], np.ndarray] = read_rgb,
+    read: Callable[[Path, str], np.ndarray] = read_image_array,
 ) -> dict[str, np.ndarray]:
     """Guidance maps of frames ``frames`` (0-based numbers) of a validated video: ``{type: (F, H, W, 3) uint8}``,
-    each map read with ``read`` (default :func:`read_rgb`; a caching reader keeps decoded maps between calls).
+    every file (maps, and masks) read with ``read(path, mode)`` (default :func:`read_image_array`; a caching reader
+    keeps decoded files between calls).
 
     ``semantic_map`` is multiplied by the mask when the video has one. Raises ``ValueError`` naming the file whose size
     differs from the first guidance map's.
@@ -270,7 +277,7 @@ def read_guidance_frames(
     for guidance_type in guidance_types:
         stack = []
         for frame in frames:
-            array = read(video.frame_path(guidance_type, frame))
+            array = read(video.frame_path(guidance_type, frame), "RGB")
             if expected is None:
                 expected, expected_name = array.shape[:2], f"{guidance_type}/{video.files[guidance_type][frame]}"
             elif array.shape[:2] != expected:
@@ -283,7 +290,7 @@ def read_guidance_frames(
     if SEMANTIC_FOLDER in result and video.has_mask:
         masks = []
         for frame in frames:
-            mask = np.asarray(open_image(video.frame_path(MASK_FOLDER, frame), "L"))
+            mask = read(video.frame_path(MASK_FOLDER, frame), "L")
             if mask.shape != expected:
                 raise ValueError(
                     f"video {str(video.path)!r}: {MASK_FOLDER}/{video.files[MASK_FOLDER][frame]} is "

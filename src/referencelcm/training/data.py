@@ -37,7 +37,7 @@ from ..data.layout import (
     ChampVideo,
     list_videos,
     read_guidance_frames,
-    read_rgb,
+    read_image_array,
     validate_video_dir,
 )
 
@@ -135,7 +135,7 @@ class ReferenceVideoDataset(Dataset):
         self.clip_image_processor = clip_image_processor
         self.root = root
         self.skipped: list[tuple[str, str]] = []
-        self._image_cache: dict[Path, np.ndarray] | None = {} if cache_images else None
+        self._image_cache: dict[tuple[Path, str], np.ndarray] | None = {} if cache_images else None
         self.videos: list[ChampVideo] = self._load_videos(root, on_invalid)
         clip_span = (self.num_frames - 1) * self.frame_stride + 1
         counts = np.array([video.num_frames - clip_span + 1 for video in self.videos])
@@ -266,15 +266,16 @@ class ReferenceVideoDataset(Dataset):
         std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
         return (tensor - mean) / std
 
-    def _read(self, path: Path) -> np.ndarray:
-        """``(H, W, 3)`` uint8 RGB of ``path``, from the cache when ``cache_images`` (read-only: callers copy)."""
+    def _read(self, path: Path, mode: str = "RGB") -> np.ndarray:
+        """``path`` as a uint8 array in ``mode`` (``"RGB"`` or ``"L"``), from the cache when ``cache_images``
+        (read-only: callers copy)."""
         if self._image_cache is None:
-            return read_rgb(path)
-        array = self._image_cache.get(path)
+            return read_image_array(path, mode)
+        array = self._image_cache.get((path, mode))
         if array is None:
-            array = read_rgb(path)
+            array = read_image_array(path, mode)
             array.flags.writeable = False
-            self._image_cache[path] = array
+            self._image_cache[(path, mode)] = array
         return array
 
     def _read_images(self, video: ChampVideo, frames: np.ndarray, expected: tuple[int, ...] | None) -> np.ndarray:
