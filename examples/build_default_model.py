@@ -78,6 +78,8 @@ PRESETS = {
         speed_repeats=1,
         checkpointing_steps=1,
         vae_gate=None,  # a 2-step VAE carries nothing; the gate's own test turns it on
+        image_encoder=dict(max_train_steps=2, train_batch_size=2, learning_rate=1e-3),
+        image_encoder_gate=None,  # nor does a 2-step image encoder
         cache_frames=True,
     ),
 }
@@ -132,16 +134,22 @@ def train_teacher(build: Build) -> None:
     config_path = build.work_dir / "model_config.json"
     config_path.write_text(json.dumps(preset.model_config, indent=2) + "\n")
     vae, image, teacher = build.stage_dir("vae"), build.stage_dir("teacher_image"), build.stage_dir("teacher")
-    if is_complete(teacher):  # the VAE and image-stage folders are only inputs to the teacher: not needed any more
+    if is_complete(teacher):  # the earlier stages' folders are only inputs to the teacher: not needed any more
         print(f"\n{teacher} is complete; the VAE and teacher stages are skipped.")
         return
     build.timed(TEACHER_STAGES[0], run_script, build, "train_teacher.py", vae, preset.vae,
                 ["--stage", "vae", "--model_config", str(config_path), *preset.switches])
     check_vae_gate(build, vae)
-    build.timed(TEACHER_STAGES[1], run_script, build, "train_teacher.py", image, preset.teacher_image,
-                ["--stage", "image", "--pretrained_model", str(vae), *preset.switches])
+    image_start = vae
+    if preset.image_encoder is not None:
+        image_start = build.stage_dir("image_encoder")
+        build.timed(TEACHER_STAGES[1], run_script, build, "train_teacher.py", image_start, preset.image_encoder,
+                    ["--stage", "image_encoder", "--pretrained_model", str(vae), *preset.switches])
+        check_image_encoder_gate(build, image_start)
+    build.timed(TEACHER_STAGES[2], run_script, build, "train_teacher.py", image, preset.teacher_image,
+                ["--stage", "image", "--pretrained_model", str(image_start), *preset.switches])
     # --model_config again: its motion_* keys size the video stage's new motion adapter
-    build.timed(TEACHER_STAGES[2], run_script, build, "train_teacher.py", teacher, preset.teacher_video,
+    build.timed(TEACHER_STAGES[3], run_script, build, "train_teacher.py", teacher, preset.teacher_video,
                 ["--stage", "video", "--pretrained_model", str(image), "--num_frames", str(preset.clip_frames),
                  "--model_config", str(config_path), *preset.switches])
 
@@ -158,11 +166,34 @@ def check_vae_gate(build: Build, vae_dir: Path) -> None:
     max_part_ratio, max_person_mae = build.preset.vae_gate
     videos = load_test_videos(build.test_data, ["semantic_map"])
     gate = autoencoder_gate(AutoencoderKL.from_pretrained(vae_dir / "vae"), videos, max_part_ratio, max_person_mae)
-    write_text_atomically(vae_dir / "gate.json", json.dumps(gate, indent=2) + "\n")
+    stop_unless_passed(gate, vae_dir, "The VAE", "VAE settings (sizes, steps)")
+
+
+def check_image_encoder_gate(build: Build, folder: Path) -> None:
+    """Stop the build when the trained image encoder's embedding does not carry the person's part colours
+    (``evaluation.image_encoder_probe``, fit on up to 64 training videos, scored on the test split; written to
+    ``image_encoder/gate.json``)."""
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    from referencelcm.evaluation import image_encoder_probe, load_test_videos
+
+    if build.preset.image_encoder_gate is None:
+        return
+    fit = load_test_videos(build.train_data, ["semantic_map"], num_videos=64, max_frames=8)
+    test = load_test_videos(build.test_data, ["semantic_map"])
+    gate = image_encoder_probe(CLIPVisionModelWithProjection.from_pretrained(folder / "image_encoder"),
+                               CLIPImageProcessor.from_pretrained(folder / "feature_extractor"), fit, test,
+                               build.preset.image_encoder_gate)
+    stop_unless_passed(gate, folder, "The image encoder", "image-encoder settings (sizes, steps)")
+
+
+def stop_unless_passed(gate: dict, folder: Path, what: str, settings: str) -> None:
+    """Write ``gate`` to ``folder/gate.json``, print its message, and stop the build when it failed."""
+    write_text_atomically(folder / "gate.json", json.dumps(gate, indent=2) + "\n")
     print(gate["message"])
     if not gate["passed"]:
-        raise SystemExit(f"{gate['message']}. The VAE in {vae_dir} would cap every later stage: change the preset's "
-                         "VAE settings (sizes, steps) and delete that folder, then run the build again.")
+        raise SystemExit(f"{gate['message']}. {what} in {folder} would cap every later stage: change the preset's "
+                         f"{settings} and delete that folder, then run the build again.")
 
 
 def distill(build: Build) -> None:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train or fine-tune a ReferenceNet teacher (Champ's recipe): VAE, then image stage, then motion stage.
+"""Train or fine-tune a ReferenceNet teacher (Champ's recipe): VAE, image encoder, then image stage, then motion stage.
 
 Every stage writes a complete teacher ``ReferenceLCMPipeline`` folder (DDIM, v-prediction, zero terminal SNR, trailing
 timesteps; sample with ~20 steps and ``guidance_scale`` 3.5) that the next stage, ``train_cosec_lcd.py`` and
@@ -9,7 +9,9 @@ timesteps; sample with ~20 steps and ``guidance_scale`` 3.5) that the next stage
     # examples/configs/default.json (the bundled model's sizes) or tiny.json (the tests' sizes)
     python examples/train_teacher.py --stage vae --model_config examples/configs/default.json --train_data_dir DATA \\
         --output_dir out/vae
-    python examples/train_teacher.py --stage image --pretrained_model out/vae --train_data_dir DATA \\
+    python examples/train_teacher.py --stage image_encoder --pretrained_model out/vae --train_data_dir DATA \\
+        --output_dir out/image_encoder
+    python examples/train_teacher.py --stage image --pretrained_model out/image_encoder --train_data_dir DATA \\
         --output_dir out/image
     python examples/train_teacher.py --stage video --pretrained_model out/image --train_data_dir DATA \\
         --output_dir out/teacher --num_frames 16 --model_config examples/configs/default.json  # motion_* sizes
@@ -18,7 +20,8 @@ timesteps; sample with ~20 steps and ``guidance_scale`` 3.5) that the next stage
         --image_encoder_path CLIP_IMAGE_ENCODER --train_data_dir DATA --output_dir out/image --resolution 512
 
 ``vae``: trains the pipeline's ``AutoencoderKL`` on the dataset's frames (reconstruction + KL), then sets its
-``scaling_factor``. ``image``: single frames; D-UNet, R-UNet (less its unread layers) and guidance encoder.
+``scaling_factor``. ``image_encoder``: trains the CLIP image encoder to predict, from one frame, every body part's
+colour in another frame of the video (SynthDance data only; a pretrained CLIP needs no such stage). ``image``: single frames; D-UNet, R-UNet (less its unread layers) and guidance encoder.
 ``video``: clips; the D-UNet is inflated to a ``UNetMotionModel`` with a new (zero-initialised) or loaded
 ``MotionAdapter`` and only the motion modules train.
 """
@@ -60,7 +63,10 @@ from referencelcm.training.teacher import TeacherConfig, TeacherModels, TeacherT
 from referencelcm.training.teacher_stages import (
     STAGES,
     TEACHER_TAGS,
+    check_image_encoder_data,
     finished_teacher,
+    image_encoder_stage_loss,
+    save_colour_predictions,
     save_reconstructions,
     stage_maps,
     stage_model_config,
@@ -72,9 +78,11 @@ from referencelcm.training.teacher_stages import (
 )
 
 STAGE_DEFAULTS = {
-    "vae": dict(learning_rate=1e-4, max_train_steps=20000, num_frames=1),
-    "image": dict(learning_rate=1e-5, max_train_steps=30000, num_frames=1),
-    "video": dict(learning_rate=1e-5, max_train_steps=10000, num_frames=16),
+    "vae": dict(learning_rate=1e-4, max_train_steps=20000, num_frames=1, train_batch_size=4),
+    # 64 frames a step: a colour head on a small encoder learns from many identities at once (RESULTS.md)
+    "image_encoder": dict(learning_rate=1e-3, max_train_steps=3000, num_frames=1, train_batch_size=64),
+    "image": dict(learning_rate=1e-5, max_train_steps=30000, num_frames=1, train_batch_size=4),
+    "video": dict(learning_rate=1e-5, max_train_steps=10000, num_frames=16, train_batch_size=4),
 }
 
 
@@ -91,8 +99,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--motion_adapter_path", default=None, help="Stage video: MotionAdapter folder; default a new one.")
     add_data_arguments(parser)
     add("--output_dir", default="teacher-output")
-    add("--num_frames", type=int, default=None, help="Frames per item: default 1 (vae, image; frames train "
-        "independently), 16 (video).")
+    add("--num_frames", type=int, default=None, help="Frames per item: default 1 (vae, image_encoder, image; "
+        "frames train independently), 16 (video).")
     add("--uncond_ratio", type=float, default=0.1, help="Per-sample dropout of image embeds and reference.")
     add("--guidance_type_dropout", type=float, default=None, help="Stages image, video: drop each guidance type "
         "per sample with this probability (its features zeroed), so the model animates from any non-empty subset of "
@@ -107,8 +115,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "person (mask/ folder) 3 times in 4; 0 trains on whole frames.")
     add("--vae_person_weight", type=float, default=0.0, help="Stage vae: person pixels (mask/ folder) count 1 + this "
         "many times in the reconstruction loss.")
-    add("--learning_rate", type=float, default=None, help="Default 1e-4 (vae), 1e-5 (image, video).")
-    add("--train_batch_size", type=int, default=4)
+    add("--person_loss_weight", type=float, default=0.0, help="Stages image, video: the denoising loss counts each "
+        "latent pixel 1 + this times the person's share of it (mask/ folder) as often.")
+    add("--learning_rate", type=float, default=None, help="Default 1e-4 (vae), 1e-3 (image_encoder), 1e-5 (image, "
+        "video).")
+    add("--train_batch_size", type=int, default=None, help="Default 64 (image_encoder), 4 (other stages).")
     add("--max_train_steps", type=int, default=None)
     add_run_arguments(parser, num_validation_videos=1, validation_num_frames=4)
     add("--validation_inference_steps", type=int, default=20)
@@ -117,6 +128,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     fill_defaults(args, STAGE_DEFAULTS[args.stage])
     if args.stage == "video" and args.num_frames < 2:
         parser.error(f"--stage video needs --num_frames >= 2, got {args.num_frames}.")
+    if args.stage == "image_encoder" and args.num_frames != 1:
+        parser.error(f"--stage image_encoder trains on single frames: --num_frames must be 1, got {args.num_frames}.")
     if args.motion_adapter_path is not None and args.stage != "video":
         parser.error("--motion_adapter_path is for --stage video.")
     if args.vae_crop_size < 0 or args.vae_person_weight < 0:
@@ -124,10 +137,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      f"{args.vae_person_weight}.")
     if (args.vae_crop_size or args.vae_person_weight) and args.stage != "vae":
         parser.error("--vae_crop_size and --vae_person_weight are for --stage vae.")
+    if args.person_loss_weight < 0:
+        parser.error(f"--person_loss_weight must be >= 0, got {args.person_loss_weight}.")
+    if args.person_loss_weight and args.stage not in ("image", "video"):
+        parser.error("--person_loss_weight is for --stage image and video (--vae_person_weight for stage vae).")
     if args.train_image_encoder and args.stage != "image":
         parser.error("--train_image_encoder is for --stage image.")
-    if args.guidance_type_dropout is not None and args.stage == "vae":
-        parser.error("--guidance_type_dropout is for --stage image and video (the VAE reads no guidance).")
+    if args.guidance_type_dropout is not None and args.stage in ("vae", "image_encoder"):
+        parser.error(f"--guidance_type_dropout is for --stage image and video (stage {args.stage} reads no guidance).")
     if args.vae_crop_size > args.resolution:
         parser.error(f"--vae_crop_size {args.vae_crop_size} exceeds --resolution {args.resolution}.")
     return args
@@ -151,6 +168,8 @@ def check_arguments(args) -> None:
         if path is not None:
             check_model_folder(flag, path, subfolder)
     stage_model_config(args.model_config)
+    if args.stage == "image_encoder":
+        check_image_encoder_data(args.train_data_dir, args.resolution)
 
 
 def build_pipeline(args) -> ReferenceLCMPipeline:
@@ -175,11 +194,13 @@ def main(argv: list[str] | None = None) -> None:
                                 args.gradient_checkpointing)
     parameters = [parameter for parameter in network.parameters() if parameter.requires_grad]
 
-    # 3. Data: single frames (vae, image) or clips (video), order a pure function of (seed, epoch)
+    # 3. Data: single frames (vae, image_encoder, image) or clips (video), order a pure function of (seed, epoch)
     # Stage vae sees frames at their own size: a random crop resized back would blur what it must learn to keep.
-    maps = stage_maps(args.stage, pipe.guidance_types, args.train_data_dir, args.vae_person_weight)
+    # Stage image_encoder reads part labels from the semantic maps, which a resize would blur.
+    maps = stage_maps(args.stage, pipe.guidance_types, args.train_data_dir,
+                      args.vae_person_weight if args.stage == "vae" else args.person_loss_weight)
     dataset, sampler, dataloader = training_dataloader(args, pipe, num_references=1, guidance_types=maps,
-                                                       random_crop=args.stage != "vae")
+                                                       random_crop=args.stage not in ("vae", "image_encoder"))
 
     # 4. Optimiser, LR schedule, accelerate
     optimizer = torch.optim.AdamW(parameters, lr=args.learning_rate, weight_decay=args.adam_weight_decay)
@@ -187,18 +208,22 @@ def main(argv: list[str] | None = None) -> None:
                                       accelerator.num_processes)
     network, optimizer, lr_scheduler, dataloader = accelerator.prepare(network, optimizer, lr_scheduler, dataloader)
 
-    # 5. The step: VAE reconstruction, or the teacher's min-SNR v-prediction loss
+    # 5. The step: VAE reconstruction, region colours from the image embedding, or the teacher's min-SNR v-prediction
+    # loss
     if args.stage == "vae":
         compute_loss = vae_stage_loss(pipe.vae, network, args.kl_weight, args.vae_crop_size, args.vae_person_weight)
+    elif args.stage == "image_encoder":
+        compute_loss = image_encoder_stage_loss(network)
     else:
         config = TeacherConfig(uncond_ratio=args.uncond_ratio, snr_gamma=args.snr_gamma or None,
-                               noise_offset=args.noise_offset)
+                               noise_offset=args.noise_offset, person_weight=args.person_loss_weight)
         models = TeacherModels(pipe.vae, pipe.image_encoder, pipe.reference_unet, pipe.denoising_unet,
                                pipe.guidance_encoder)
         compute_loss = TeacherTrainingStep(models, pipe.scheduler, config, network).step
 
     # 6. Resume, output folder, trackers, validation samples
-    global_step, validation = start_run(accelerator, args, f"referencelcm-teacher-{args.stage}", pipe)
+    global_step, validation = start_run(accelerator, args, f"referencelcm-teacher-{args.stage}", pipe,
+                                        maps if args.stage == "image_encoder" else None)
 
     # 7. Training loop
     progress = tqdm(range(args.max_train_steps), initial=global_step, desc=f"{args.stage} steps",
@@ -215,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
             global_step += 1
             log_step(accelerator, args, progress, output, lr_scheduler, global_step)
             if validation and global_step % args.validation_steps == 0:
-                validate(args, pipe, validation, global_step, accelerator)
+                validate(args, pipe, validation, global_step, accelerator, network)
 
     # 8. Save the teacher pipeline, push
     accelerator.wait_for_everyone()
@@ -224,10 +249,17 @@ def main(argv: list[str] | None = None) -> None:
     accelerator.end_training()
 
 
-def validate(args, pipe: ReferenceLCMPipeline, samples: list[dict], step: int, accelerator) -> None:
-    """Reconstructions (stage vae) or teacher-mode videos: DDIM, CFG ``--validation_guidance_scale``."""
+def validate(args, pipe: ReferenceLCMPipeline, samples: list[dict], step: int, accelerator, network) -> None:
+    """Reconstructions (stage vae), region colours predicted from each reference (stage image_encoder) or
+    teacher-mode videos: DDIM, CFG ``--validation_guidance_scale``."""
     if args.stage == "vae":
         save_reconstructions(pipe.vae, samples, args.output_dir, step)
+        return
+    if args.stage == "image_encoder":
+        model = accelerator.unwrap_model(network)
+        model.eval()
+        save_colour_predictions(model, pipe.feature_extractor, samples, args.output_dir, step)
+        model.train()
         return
     run_validation(pipe, samples, args.output_dir, step, accelerator,
                    num_inference_steps=args.validation_inference_steps, seed=args.seed,

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from transformers import CLIPImageProcessor
 
 from referencelcm import ReferenceLCMPipeline
 from referencelcm.data.synthdance import generate_dataset
@@ -448,6 +449,45 @@ def test_autoencoder_gate_passes_a_perfect_autoencoder_and_fails_a_constant_one(
     assert "part ΔE ratio" in constant["message"] and "person MAE" in constant["message"]
     loose = evaluation.autoencoder_gate(_ConstantAutoencoder(), videos, max_part_ratio=10, max_person_mae=255)
     assert loose["passed"]
+
+
+class _PoolingEncoder(torch.nn.Module):
+    """An image encoder whose embedding is its input's mean colour in a 4 x 4 grid: it carries the colours of
+    whatever is where (``image_embeds`` ``(B, 48)``), and, with ``constant``, nothing at all."""
+
+    def __init__(self, constant: bool = False) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+        self.constant = constant
+
+    def forward(self, pixel_values):
+        pooled = torch.nn.functional.adaptive_avg_pool2d(pixel_values, 4).flatten(1)
+        return type("Output", (), {"image_embeds": pooled * 0 if self.constant else pooled})()
+
+
+@pytest.fixture(scope="module")
+def probe_splits(tmp_path_factory) -> dict[str, list]:
+    root = tmp_path_factory.mktemp("probe")
+    return {split: load_test_videos(generate_dataset(root / split, num_videos=videos, num_frames=4, resolution=32,
+                                                     seed=5, split=split, progress=False), GUIDANCE_TYPES)
+            for split, videos in (("train", 16), ("test", 6))}
+
+
+def test_image_encoder_probe_reads_colours_only_from_an_embedding_that_carries_them(probe_splits):
+    processor = CLIPImageProcessor(crop_size=32, size={"shortest_edge": 32})
+    fit, test = probe_splits["train"], probe_splits["test"]
+    blind = evaluation.image_encoder_probe(_PoolingEncoder(constant=True), processor, fit, test)
+    # uninformative features: the probe predicts the fit frames' mean colour of each part, i.e. the baseline
+    assert blind["ratio"] == pytest.approx(1.0, abs=1e-6) and not blind["passed"]
+    assert blind["baseline_error"] > 20 and blind["message"].startswith("image encoder probe failed: ")
+    seeing = evaluation.image_encoder_probe(_PoolingEncoder(), processor, fit, test, max_ratio=0.9)
+    assert seeing["ratio"] < 0.9 and seeing["passed"] and seeing["num_fit_videos"] == 16
+    assert seeing["baseline_error"] == pytest.approx(blind["baseline_error"])
+    tiny = build_components()  # the same data through a random tiny CLIP and its own feature extractor
+    random = evaluation.image_encoder_probe(tiny["image_encoder"], tiny["feature_extractor"], fit, test)
+    assert random["ratio"] > seeing["ratio"]
+    with pytest.raises(ValueError, match="SynthDance"):
+        evaluation.image_encoder_probe(_PoolingEncoder(), processor, [dataclasses.replace(fit[0], labels=None)], test)
 
 
 class _OraclePipe:

@@ -763,6 +763,99 @@ def autoencoder_gate(
     return result
 
 
+# The image-encoder probe (:func:`image_encoder_probe`): a random tiny CLIP scores ≈ 1.07, the bundled build's
+# colour-trained one ≈ 0.6 (benchmarks/RESULTS.md).
+PROBE_MAX_RATIO = 0.8
+
+
+@torch.no_grad()
+def image_embeddings(image_encoder: Any, feature_extractor: Any, frames: torch.Tensor,
+                     chunk_size: int = 64) -> torch.Tensor:
+    """``image_embeds`` ``(F, D)`` float32 on CPU of ``frames`` ``(F, 3, H, W)`` in [0, 1], preprocessed by
+    ``feature_extractor`` (a ``CLIPImageProcessor``) exactly as the pipeline preprocesses a reference image."""
+    parameter = next(image_encoder.parameters())
+    images = (frames.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    embeds = []
+    for start in range(0, len(images), chunk_size):
+        pixels = feature_extractor(images=list(images[start : start + chunk_size]), return_tensors="pt").pixel_values
+        embeds.append(image_encoder(pixels.to(parameter.device, parameter.dtype)).image_embeds.float().cpu())
+    return torch.cat(embeds)
+
+
+def _embeddings_and_part_colours(
+    image_encoder: Any, feature_extractor: Any, videos: Sequence[TestVideo]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every ground-truth frame's embedding ``(N, D)`` and part colours ``(N, NUM_PARTS, 3)`` (NaN where absent)."""
+    if not videos or any(video.labels is None for video in videos):
+        raise ValueError("the probe needs SynthDance videos with semantic maps (the parts whose colours it predicts).")
+    embeds = torch.cat([image_embeddings(image_encoder, feature_extractor, video.ground_truth) for video in videos])
+    colours = torch.cat([region_mean_colours(video.ground_truth, video.labels, NUM_PARTS)[:, :NUM_PARTS]
+                         for video in videos])
+    return embeds.double(), colours
+
+
+def _ridge_predict(features: torch.Tensor, targets: torch.Tensor, queries: torch.Tensor, ridge: float) -> torch.Tensor:
+    """Ridge regression (standardised features plus a bias) of each target column ``targets`` ``(N, K)`` on
+    ``features`` ``(N, D)``, fit on the rows where that column is not NaN; predictions ``(M, K)`` for ``queries``
+    (NaN for a column with no such row)."""
+    mean, std = features.mean(0), features.std(0) + 1e-6
+    design = torch.cat([(features - mean) / std, torch.ones(len(features), 1, dtype=features.dtype)], 1)
+    query = torch.cat([(queries - mean) / std, torch.ones(len(queries), 1, dtype=queries.dtype)], 1)
+    penalty = ridge * torch.eye(design.shape[1], dtype=design.dtype)
+    penalty[-1, -1] = 0  # the bias is not shrunk: with uninformative features the probe predicts the mean
+    columns = []
+    for column in targets.T:
+        present = ~column.isnan()
+        if not present.any():
+            columns.append(torch.full((len(queries),), math.nan, dtype=query.dtype))
+            continue
+        rows = design[present]
+        weights = torch.linalg.solve(rows.T @ rows + penalty * int(present.sum()), rows.T @ column[present])
+        columns.append(query @ weights)
+    return torch.stack(columns, 1)
+
+
+def image_encoder_probe(
+    image_encoder: Any,
+    feature_extractor: Any,
+    fit_videos: Sequence[TestVideo],
+    test_videos: Sequence[TestVideo],
+    max_ratio: float = PROBE_MAX_RATIO,
+    ridge: float = 1e-2,
+) -> dict[str, Any]:
+    """Does an image encoder's embedding carry the person's colours? A linear probe: ridge regression from the
+    ``image_embeds`` of a frame to the mean RGB colour of each body part in it, fit on ``fit_videos`` and scored on
+    ``test_videos`` (SynthDance videos with regions; use identities the encoder never saw).
+
+    The cross-attention reading ``image_embeds`` is linear in them, so colours a linear probe cannot recover from the
+    embedding are colours the UNets cannot read from it either.
+
+    Returns ``probe_error`` (mean Euclidean distance, RGB 0–255, over every part present in every test frame and
+    in some fit frame),
+    ``baseline_error`` (predicting the fit frames' mean colour of each part: what an embedding that carries nothing
+    gives), ``ratio`` (probe ÷ baseline), ``passed`` (``ratio <= max_ratio``) and a one-line ``message``.
+    """
+    fit_embeds, fit_colours = _embeddings_and_part_colours(image_encoder, feature_extractor, fit_videos)
+    test_embeds, test_colours = _embeddings_and_part_colours(image_encoder, feature_extractor, test_videos)
+    targets = fit_colours.flatten(1)  # (N, NUM_PARTS * 3)
+    predicted = _ridge_predict(fit_embeds, targets, test_embeds, ridge).view_as(test_colours)
+    mean_colours = torch.nanmean(fit_colours, dim=0, keepdim=True).expand_as(test_colours)
+    present = ~test_colours.isnan().any(-1) & ~mean_colours.isnan().any(-1)  # parts shown in both sets
+
+    def error(colours: torch.Tensor) -> float:
+        return float(((colours - test_colours).norm(dim=-1)[present] * 255).mean())
+
+    result = {"probe_error": error(predicted), "baseline_error": error(mean_colours), "max_ratio": max_ratio,
+              "num_fit_videos": len(fit_videos), "num_test_videos": len(test_videos)}
+    result["ratio"] = result["probe_error"] / result["baseline_error"]
+    result["passed"] = result["ratio"] <= max_ratio
+    result["message"] = (
+        f"image encoder probe {'passed' if result['passed'] else 'failed'}: part colours from the embedding "
+        f"{result['probe_error']:.1f} RGB = {result['ratio']:.3f} × the mean-colour guess ({result['baseline_error']:.1f};"
+        f" ≤ {max_ratio:g}), fit on {len(fit_videos)} videos, scored on {len(test_videos)}")
+    return result
+
+
 def _frechet_scores(metrics: QualityMetrics) -> dict[str, float]:
     scores = {}
     for key, distance in (("fid", metrics.fid), ("fvd", metrics.fvd)):

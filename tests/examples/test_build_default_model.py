@@ -96,6 +96,10 @@ def test_smoke_build_ships_models_demo_and_tables_then_resumes(script, tmp_path,
     check_results(built, script)
 
     timings = json.loads((built["work"] / "timings.json").read_text())
+    # The image stage started from the image-encoder stage's output, whose encoder it keeps.
+    assert "image encoder" in timings and script.is_complete(built["work"] / "image_encoder")
+    logged = json.loads((built["work"] / "teacher_image" / "logs" / "config.json").read_text())
+    assert logged["pretrained_model"] == str(built["work"] / "image_encoder")
     # A build resumed from a finished teacher has no teacher timings: the section says its total leaves them out.
     report = json.loads((built["work"] / "evaluation" / "report.json").read_text())
     without_teacher = {name: seconds for name, seconds in timings.items() if name not in script.TEACHER_STAGES}
@@ -140,6 +144,19 @@ def test_smoke_build_ships_models_demo_and_tables_then_resumes(script, tmp_path,
         script.main(built["argv"])
     assert json.loads((build.spatial_dir(script.ABLATION[0]) / "logs" / "config.json").read_text())[
         "learning_rate"] == smoke.spatial["learning_rate"]
+
+
+def test_an_image_encoder_that_misses_the_probe_stops_the_build(script, tmp_path, monkeypatch):
+    """With the probe on, a 2-step image encoder stops the build before the image stage trains on it."""
+    monkeypatch.setitem(script.PRESETS, "smoke", dataclasses.replace(script.PRESETS["smoke"], image_encoder_gate=0.5))
+    argv = ["--preset", "smoke", "--work_dir", str(tmp_path / "work"), "--models_dir", str(tmp_path / "models"),
+            "--assets_dir", str(tmp_path / "assets"), "--results", str(tmp_path / "RESULTS.md")]
+    with pytest.raises(SystemExit, match=r"image encoder probe failed: .* ≤ 0\.5\), fit on 3 videos, scored on 1\. "
+                                         r"The image encoder in .* would cap every later stage"):
+        script.main(argv)
+    gate = json.loads((tmp_path / "work" / "image_encoder" / "gate.json").read_text())
+    assert gate["passed"] is False and gate["ratio"] > 0.5
+    assert not (tmp_path / "work" / "teacher_image").exists() and not (tmp_path / "models").exists()
 
 
 def test_ablation_rows_differ_only_in_regulariser_weights(script, tmp_path):

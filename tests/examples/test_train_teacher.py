@@ -17,6 +17,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel, UNetMotionModel
 from PIL import Image
+from safetensors.torch import load_file
 
 from referencelcm import ReferenceLCMPipeline
 from referencelcm.data.layout import read_guidance_folder
@@ -203,6 +204,63 @@ def test_image_stage_can_train_the_image_encoder(workspace: Path, vae_output: Pa
     assert any(not torch.equal(old[key], new[key]) for key in old)
     old, new = state(before.vae), state(after.vae)
     assert all(torch.equal(old[key], new[key]) for key in old)
+
+
+@pytest.fixture(scope="module")
+def image_encoder_output(workspace: Path, vae_output: Path, script) -> Path:
+    script.main(base_args(workspace, "image_encoder", "image_encoder", steps=2) + [
+        "--pretrained_model", str(vae_output), "--checkpointing_steps", "2", "--validation_steps", "2"])
+    return workspace / "image_encoder"
+
+
+def test_image_encoder_stage_trains_the_image_encoder_only(vae_output: Path, image_encoder_output: Path):
+    before = ReferenceLCMPipeline.from_pretrained(vae_output)
+    after = ReferenceLCMPipeline.from_pretrained(image_encoder_output)
+    old, new = state(before.image_encoder), state(after.image_encoder)
+    assert any(not torch.equal(old[key], new[key]) for key in old)
+    for name in ("vae", "reference_unet", "denoising_unet", "guidance_encoder"):
+        old, new = state(getattr(before, name)), state(getattr(after, name))
+        assert all(torch.equal(old[key], new[key]) for key in old), name
+    assert type(after.image_encoder).__name__ == "CLIPVisionModelWithProjection"  # the slot's class: no head shipped
+    # the checkpoint holds the colour head too (a resumed run continues it); validation paints predicted colours
+    checkpoint = load_file(image_encoder_output / "checkpoint-2" / "model.safetensors")
+    assert "head.weight" in checkpoint and any(key.startswith("image_encoder.") for key in checkpoint)
+    assert (image_encoder_output / "validation" / "step-2" / "colours.png").is_file()
+    assert [row["step"] for row in read_metrics(image_encoder_output / "logs")] == [1, 2]
+
+
+def test_image_encoder_stage_needs_synthdance_part_labels_at_their_size(workspace: Path, vae_output: Path, script,
+                                                                        tmp_path: Path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(workspace / "data", data)
+    args = base_args(workspace, "image_encoder", "refused") + ["--pretrained_model", str(vae_output),
+                                                              "--train_data_dir", str(data)]
+    with pytest.raises(ValueError, match=r"pass --resolution 32"):
+        script.main(args + ["--resolution", "16"])
+    video = sorted(path for path in data.iterdir() if path.is_dir())[1]
+    (video / "meta.json").unlink()  # no longer recognisably SynthDance: its semantic colours are not our labels
+    with pytest.raises(ValueError, match=rf"{video.name}'? of --train_data_dir is not a SynthDance video"):
+        script.main(args)
+    assert not (workspace / "refused").exists()
+    for extra, message in ((["--num_frames", "2"], "--num_frames must be 1"),
+                           (["--guidance_type_dropout", "0.5"], "stage image_encoder reads no guidance")):
+        with pytest.raises(SystemExit):
+            script.parse_args(args + extra)
+        assert message in capsys.readouterr().err
+
+
+def test_person_weighted_image_stage_reads_masks_beside_the_guidance(workspace: Path, vae_output: Path, script,
+                                                                    capsys):
+    script.main(base_args(workspace, "image", "image_person", steps=1) + [
+        "--pretrained_model", str(vae_output), "--person_loss_weight", "4"])
+    assert json.loads((workspace / "image_person" / "logs" / "config.json").read_text())["person_loss_weight"] == 4.0
+    assert ReferenceLCMPipeline.from_pretrained(workspace / "image_person").guidance_types == tuple(
+        json.loads(TINY_CONFIG.read_text())["guidance_types"])  # the mask stays a loss weight, not a guidance type
+    for stage, extra, message in (("vae", ["--person_loss_weight", "2"], "is for --stage image and video"),
+                                  ("image", ["--person_loss_weight", "-1"], "must be >= 0")):
+        with pytest.raises(SystemExit):
+            script.parse_args(base_args(workspace, stage, "unused") + extra)
+        assert message in capsys.readouterr().err
 
 
 def test_video_stage_trains_only_new_motion_modules(image_output: Path, video_output: Path):

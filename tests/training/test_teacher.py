@@ -17,6 +17,7 @@ from referencelcm.training.teacher import (
     drop_conditions,
     min_snr_weights,
     offset_noise,
+    person_weights,
     sample_drop_mask,
     set_trainable,
     signal_to_noise_ratio,
@@ -275,6 +276,47 @@ def test_teacher_config_validates():
         TeacherConfig(snr_gamma=0)
     with pytest.raises(ValueError, match="noise_offset"):
         TeacherConfig(noise_offset=-1)
+    with pytest.raises(ValueError, match="person_weight"):
+        TeacherConfig(person_weight=-1)
+
+
+def test_person_weights_are_the_persons_area_share_normalised_to_mean_one():
+    masks = torch.zeros(2, 1, 8, 8)
+    masks[0, 0, :2, :2] = 1  # sample 0: the person fills latent pixel (0, 0) of a 4 x 4 latent
+    masks[0, 0, 2, 2] = 1  # and a quarter of pixel (1, 1)
+    weights = person_weights(masks, (4, 4), person_weight=4.0)
+    assert weights.shape == (2, 1, 1, 4, 4)
+    torch.testing.assert_close(weights.flatten(1).mean(1), torch.ones(2))
+    raw = torch.ones(4, 4)
+    raw[0, 0], raw[1, 1] = 5.0, 2.0
+    torch.testing.assert_close(weights[0, 0, 0], raw / raw.mean())
+    torch.testing.assert_close(weights[1], torch.ones(1, 1, 4, 4))  # no person: every pixel counts once
+    with pytest.raises(ValueError, match="masks"):
+        person_weights(masks[:, 0], (4, 4), 1.0)
+
+
+def test_person_weighted_step_needs_masks_and_weighs_the_person():
+    models, scheduler = make_models()
+    set_trainable(models, "image")
+    batch = make_batch()
+    batch["guidance"]["mask"] = torch.zeros(BATCH_SIZE, 3, 1, IMAGE_SIZE, IMAGE_SIZE)
+    keep = torch.zeros(BATCH_SIZE, dtype=bool)
+
+    def loss(person_weight: float, masks: torch.Tensor | None = None) -> torch.Tensor:
+        if masks is not None:
+            batch["guidance"]["mask"] = masks
+        step = TeacherTrainingStep(models, scheduler, TeacherConfig(person_weight=person_weight))
+        with torch.no_grad():  # the mask is not a guidance type: the guidance encoder never receives it
+            return step.step(batch, torch.Generator().manual_seed(3), drop_mask=keep).per_sample_loss
+
+    plain = loss(0.0)
+    torch.testing.assert_close(loss(8.0), plain)  # nobody in the masks: every weight is 1
+    person = torch.zeros(BATCH_SIZE, 3, 1, IMAGE_SIZE, IMAGE_SIZE)
+    person[..., : IMAGE_SIZE // 2, : IMAGE_SIZE // 2] = 1
+    assert not torch.allclose(loss(8.0, person), plain)
+    del batch["guidance"]["mask"]
+    with pytest.raises(ValueError, match="needs the batch's 'mask' maps"):
+        loss(8.0)
 
 
 # -- VAE -------------------------------------------------------------------------------------------------------------

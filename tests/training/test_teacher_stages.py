@@ -95,17 +95,22 @@ def test_trainable_network_trains_only_the_stages_components():
     assert all(parameter.requires_grad for parameter in pipe.guidance_encoder.parameters())
 
 
-def test_stage_maps_read_masks_only_for_the_vae(tmp_path):
+def test_stage_maps_read_masks_for_the_vae_and_a_person_weighted_loss(tmp_path):
     for video in ("a", "b"):
         (tmp_path / "data" / video / "images").mkdir(parents=True)
     data = tmp_path / "data"
     assert stage_maps("image", ["depth", "dwpose"], data) == ("depth", "dwpose")
     assert stage_maps("vae", ["depth"], data) == ("depth",)  # no masks: the frames alone
+    assert stage_maps("image_encoder", ["depth"], data) == ("semantic_map",)
     with pytest.raises(FileNotFoundError, match="`--vae_person_weight` needs a mask/ folder.*--train_data_dir"):
-        stage_maps("vae", ["depth"], data, vae_person_weight=2.0)
+        stage_maps("vae", ["depth"], data, person_weight=2.0)
+    with pytest.raises(FileNotFoundError, match="`--person_loss_weight` needs a mask/ folder.*--train_data_dir"):
+        stage_maps("image", ["depth"], data, person_weight=2.0)
     for video in ("a", "b"):
         (data / video / "mask").mkdir()
-    assert stage_maps("vae", ["depth"], data, vae_person_weight=2.0) == ("mask",)
+    assert stage_maps("vae", ["depth"], data, person_weight=2.0) == ("mask",)
+    assert stage_maps("image", ["depth"], data) == ("depth",)
+    assert stage_maps("video", ["depth"], data, person_weight=2.0) == ("depth", "mask")
 
 
 def test_finished_teacher_measures_the_scaling_factor_and_restores_motion_modules():

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..evaluation import write_text_atomically
+from ..evaluation import PROBE_MAX_RATIO, write_text_atomically
 
 # Timing names of the stages that train the teacher; a work dir resumed from a finished teacher has none of them.
-TEACHER_STAGES = ("VAE", "teacher, image stage", "teacher, video stage")
+TEACHER_STAGES = ("VAE", "image encoder", "teacher, image stage", "teacher, video stage")
 # Arguments that change how a run saves, not what it learns: a resumed build may pass other values.
 BOOKKEEPING_ARGUMENTS = frozenset({"checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint"})
 # What a pipeline folder needs at inference; training leftovers (checkpoints, logs, validation videos) stay behind.
@@ -63,6 +63,10 @@ class Preset:
     # The VAE must pass evaluation.autoencoder_gate (max part-colour ratio, max person MAE) before the teacher trains
     # on it; None skips the check (toy sizes).
     vae_gate: tuple[float, float] | None = (0.15, 10.0)
+    # ``train_teacher.py --stage image_encoder`` settings (None: the teacher keeps the image encoder it was built
+    # with), and the largest part-colour probe ratio it must reach (evaluation.image_encoder_probe; None skips).
+    image_encoder: dict | None = None
+    image_encoder_gate: float | None = PROBE_MAX_RATIO
     checkpointing_steps: int = 250
     # Every training stage keeps decoded frames in memory (--cache_frames): the data is small, PNG decoding is not.
     cache_frames: bool = False

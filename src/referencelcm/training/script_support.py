@@ -188,10 +188,13 @@ def make_accelerator(args: argparse.Namespace, run_name: str, **kwargs) -> tuple
     return accelerator, weight_dtype
 
 
-def start_run(accelerator: Accelerator, args: argparse.Namespace, run_name: str, pipe) -> tuple[int, list[dict]]:
+def start_run(
+    accelerator: Accelerator, args: argparse.Namespace, run_name: str, pipe, guidance_types: Sequence[str] | None = None
+) -> tuple[int, list[dict]]:
     """Resume from ``--resume_from_checkpoint``, then make ``--output_dir`` and start the trackers (logging every
-    number, string and flag of ``args``), then read ``--num_validation_videos`` validation samples when
-    ``--validation_steps`` is given (main process only). Returns the step to continue from and the samples."""
+    number, string and flag of ``args``), then read ``--num_validation_videos`` validation samples with the maps
+    ``guidance_types`` (default ``pipe``'s) when ``--validation_steps`` is given (main process only). Returns the step
+    to continue from and the samples."""
     global_step = resume(accelerator, args.output_dir, args.resume_from_checkpoint)
     if global_step:
         logger.info(f"Resumed from {args.resume_from_checkpoint} at step {global_step}.")
@@ -202,7 +205,8 @@ def start_run(accelerator: Accelerator, args: argparse.Namespace, run_name: str,
     validation = []
     if args.validation_steps and accelerator.is_main_process:
         validation = validation_samples(args.train_data_dir, args.resolution, args.validation_num_frames,
-                                        args.num_validation_videos, pipe.guidance_types, pipe.feature_extractor,
+                                        args.num_validation_videos, guidance_types or pipe.guidance_types,
+                                        pipe.feature_extractor,
                                         args.seed)
     return global_step, validation
 

@@ -20,6 +20,9 @@ Objective for a batch of ``B`` items (``x_0`` the VAE latents of the target fram
 4. Target per the scheduler's ``prediction_type``; for v-prediction ``v = sqrt(ᾱ_t)·ε − sqrt(1 − ᾱ_t)·x_0``
    (``scheduler.get_velocity``). Loss = mean over samples of ``w(t) · ‖output − target‖²`` with the min-SNR-γ weight
    ``w`` (:func:`min_snr_weights`; Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting").
+   With ``person_weight`` ρ > 0 each latent pixel's squared error counts ``1 + ρ · a`` times, ``a`` the fraction of
+   its area the person covers (the batch's ``mask`` maps), normalised to mean 1 per sample (:func:`person_weights`):
+   the person, a few percent of a SynthDance frame, is what the reference must decide.
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
+import torch.nn.functional as F
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 from einops import rearrange
 from torch import nn
 
+from ..data.layout import MASK_FOLDER
 from ..models.injection import is_motion_unet, run_denoising_unet
 from ..models.reference_attention import ReferenceBank, spatial_self_attention_names
 from ..pipelines.pipeline_referencelcm import _encode_latents
@@ -108,6 +113,19 @@ def drop_conditions(
         raise ValueError(f"`drop_mask` must have shape ({image_embeds.shape[0]},), got {tuple(drop_mask.shape)}.")
     keep = (~drop_mask.to(torch.bool)).to(image_embeds.device, image_embeds.dtype).view(-1, 1, 1)
     return image_embeds * keep, bank.with_drop(drop_mask.to(torch.bool))
+
+
+def person_weights(masks: torch.Tensor, latent_size: tuple[int, int], person_weight: float) -> torch.Tensor:
+    """Per-latent-pixel loss weights ``(B, 1, F, h, w)`` from person ``masks`` ``(B, F, H, W)`` in [0, 1]: ``1 + ρ·a``
+    with ``a`` the person's share of each latent pixel's area, divided by each sample's mean (so the loss keeps its
+    scale and ``ρ = 0`` gives ones)."""
+    if masks.ndim != 4:
+        raise ValueError(f"`masks` must be (B, F, H, W), got shape {tuple(masks.shape)}.")
+    if person_weight < 0:
+        raise ValueError(f"`person_weight` must be >= 0, got {person_weight}.")
+    area = F.adaptive_avg_pool2d(masks.float(), latent_size)  # (B, F, h, w)
+    weights = 1.0 + person_weight * area
+    return (weights / weights.flatten(1).mean(1).view(-1, 1, 1, 1)).unsqueeze(1)
 
 
 def training_target(
@@ -215,6 +233,7 @@ class TeacherConfig:
     uncond_ratio: float = 0.1
     snr_gamma: float | None = 5.0
     noise_offset: float = 0.05
+    person_weight: float = 0.0  # > 0 needs the batch's mask maps (:func:`person_weights`)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.uncond_ratio <= 1.0:
@@ -223,6 +242,8 @@ class TeacherConfig:
             raise ValueError(f"`snr_gamma` must be > 0 or None, got {self.snr_gamma}.")
         if self.noise_offset < 0:
             raise ValueError(f"`noise_offset` must be >= 0, got {self.noise_offset}.")
+        if self.person_weight < 0:
+            raise ValueError(f"`person_weight` must be >= 0, got {self.person_weight}.")
 
 
 @dataclass
@@ -369,7 +390,8 @@ class TeacherTrainingStep:
         if drop_mask is None:
             drop_mask = sample_drop_mask(batch_size, config.uncond_ratio, generator, device)
         drop_mask = drop_mask.to(device=device, dtype=torch.bool)
-        guidance = {name: maps.to(device) for name, maps in batch["guidance"].items()}
+        # the person masks weight the loss (person_weight); the guidance encoder never sees them
+        guidance = {name: maps.to(device) for name, maps in batch["guidance"].items() if name != MASK_FOLDER}
         if guidance_drop_mask is None:  # None without guidance-type dropout (and then nothing is drawn)
             guidance_drop_mask = self.models.guidance_encoder.sample_drop_mask(batch_size, generator, device)
 
@@ -377,7 +399,14 @@ class TeacherTrainingStep:
         output = self.network(noisy_latents, timesteps, reference_latents, clip_pixels, guidance, drop_mask,
                               guidance_drop_mask).float()
         target = training_target(scheduler, latents, noise, timesteps)
-        per_sample = (output - target).pow(2).flatten(1).mean(1)
+        squared = (output - target).pow(2)
+        if config.person_weight > 0:
+            if MASK_FOLDER not in batch["guidance"]:
+                raise ValueError(f"`person_weight` {config.person_weight} needs the batch's {MASK_FOLDER!r} maps: read "
+                                 f"the {MASK_FOLDER}/ folder with the guidance (train_teacher.py does so).")
+            masks = batch["guidance"][MASK_FOLDER][:, 0].to(device)  # (B, F, H, W)
+            squared = squared * person_weights(masks, tuple(squared.shape[-2:]), config.person_weight)
+        per_sample = squared.flatten(1).mean(1)
         weights = torch.ones_like(per_sample)
         if config.snr_gamma is not None:
             snr = signal_to_noise_ratio(scheduler.alphas_cumprod, timesteps)

@@ -2,6 +2,8 @@
 pipeline in each stage's form, what trains, the VAE stage's loss and validation, and the finished teacher.
 
 - ``vae``: the pipeline's ``AutoencoderKL`` trains on the frames (:mod:`.vae`), then gets its ``scaling_factor``.
+- ``image_encoder``: the CLIP image encoder learns to carry the reference's region colours (:mod:`.image_encoder`;
+  SynthDance data only: it needs the part labels).
 - ``image``: single frames; D-UNet, R-UNet (less its unread layers) and guidance encoder (:mod:`.teacher`). From a
   motion D-UNet only its 2-D part trains; the motion modules are put back on save.
 - ``video``: clips; the D-UNet is inflated to a ``UNetMotionModel`` (:func:`inflate`) and only its motion modules
@@ -12,34 +14,40 @@ Errors name the script's flags (``--pretrained_model``, ``--model_config`` …),
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel, UNetMotionModel
 from einops import rearrange
 from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-from ..data.layout import MASK_FOLDER, list_videos
+from ..data.layout import MASK_FOLDER, META_FILE, SEMANTIC_FOLDER, list_frames, list_videos, open_image
+from ..data.synthdance import semantic_part_labels
+from ..metrics import paint_regions
 from ..pipelines import factory
 from ..pipelines.loading import load_pipeline
 from ..pipelines.pipeline_referencelcm import ReferenceLCMPipeline
+from .image_encoder import RegionColourModel, region_colour_loss, region_colour_targets
 from .script_support import check_model_folder
 from .teacher import ReferenceNet, TeacherModels, set_trainable
 from .unets import motion_unet_with_spatial_weights, spatial_unet_from_motion
 from .vae import VAEReconstruction, latent_scaling_factor, person_crops, vae_loss
 
 logger = logging.getLogger(__name__)
-STAGES = ("vae", "image", "video")
+STAGES = ("vae", "image_encoder", "image", "video")
 # --model_config keys the stage decides (2-D or motion D-UNet, DDIM, no guidance-scale embedding for a teacher); a
 # config may name them, they are then overruled with a warning.
 STAGE_DECIDED_KEYS = ("motion", "scheduler", "time_cond_proj_dim")
 # Components holding trained parameters per stage (which of their parameters: teacher.set_trainable).
 TRAINED_COMPONENTS = {
     "vae": ("vae",),
+    "image_encoder": ("image_encoder",),
     "image": ("denoising_unet", "reference_unet", "guidance_encoder"),
     "video": ("denoising_unet",),
 }
@@ -206,15 +214,15 @@ def trainable_network(
 ) -> torch.nn.Module:
     """Freeze what the stage does not train (:func:`~referencelcm.training.teacher.set_trainable`), move every model
     to ``device`` (frozen ones in ``weight_dtype``), turn on gradient checkpointing; returns the one module whose
-    ``forward`` uses every trained parameter (:class:`VAEReconstruction` or :class:`ReferenceNet`), for
-    ``accelerator.prepare``."""
+    ``forward`` uses every trained parameter (:class:`VAEReconstruction`, :class:`RegionColourModel` with a new colour
+    head, or :class:`ReferenceNet`), for ``accelerator.prepare``."""
     pipe.set_progress_bar_config(disable=True)
     models = TeacherModels(pipe.vae, pipe.image_encoder, pipe.reference_unet, pipe.denoising_unet,
                            pipe.guidance_encoder)
-    if stage == "vae":
-        for model in (pipe.image_encoder, pipe.reference_unet, pipe.denoising_unet, pipe.guidance_encoder):
-            model.requires_grad_(False)
-        pipe.vae.requires_grad_(True)
+    if stage in ("vae", "image_encoder"):
+        trained_model = pipe.vae if stage == "vae" else pipe.image_encoder
+        for model in (pipe.vae, pipe.image_encoder, pipe.reference_unet, pipe.denoising_unet, pipe.guidance_encoder):
+            model.requires_grad_(model is trained_model)
     else:
         set_trainable(models, stage, train_image_encoder=train_image_encoder)
     trained = TRAINED_COMPONENTS[stage] + (("image_encoder",) if train_image_encoder else ())
@@ -228,22 +236,56 @@ def trainable_network(
                 model.enable_gradient_checkpointing()
     if stage == "vae":
         return VAEReconstruction(pipe.vae)
+    if stage == "image_encoder":
+        return RegionColourModel(pipe.image_encoder).to(device)
     return ReferenceNet(pipe.reference_unet, pipe.denoising_unet, pipe.guidance_encoder, pipe.image_encoder)
 
 
 def stage_maps(
-    stage: str, guidance_types: Sequence[str], train_data_dir: str | os.PathLike, vae_person_weight: float = 0.0
+    stage: str, guidance_types: Sequence[str], train_data_dir: str | os.PathLike, person_weight: float = 0.0
 ) -> tuple[str, ...]:
-    """The maps a stage reads beside the frames: the guidance types, or for stage vae only the person masks (when
-    every video of ``train_data_dir`` has them; a ``vae_person_weight`` needs them)."""
+    """The maps a stage reads beside the frames: the guidance types, plus the person masks for a ``person_weight``
+    (``--person_loss_weight``); for stage vae only the masks (when every video of ``train_data_dir`` has them; its
+    ``person_weight``, ``--vae_person_weight``, needs them); for stage image_encoder the semantic maps (whose data
+    :func:`check_image_encoder_data` checks)."""
+    if stage == "image_encoder":
+        return (SEMANTIC_FOLDER,)
+    has_masks = all((video / MASK_FOLDER).is_dir() for video in list_videos(train_data_dir))
+    if person_weight and not has_masks:
+        flag = "--vae_person_weight" if stage == "vae" else "--person_loss_weight"
+        raise FileNotFoundError(f"`{flag}` needs a {MASK_FOLDER}/ folder in every video of `--train_data_dir` "
+                                f"{str(train_data_dir)!r}.")
     if stage != "vae":
-        return tuple(guidance_types)
-    if all((video / MASK_FOLDER).is_dir() for video in list_videos(train_data_dir)):
-        return (MASK_FOLDER,)
-    if vae_person_weight:
-        raise FileNotFoundError(f"`--vae_person_weight` needs a {MASK_FOLDER}/ folder in every video of "
-                                f"`--train_data_dir` {str(train_data_dir)!r}.")
-    return tuple(guidance_types)
+        return (*guidance_types, MASK_FOLDER) if person_weight else tuple(guidance_types)
+    return (MASK_FOLDER,) if has_masks else tuple(guidance_types)
+
+
+def check_image_encoder_data(train_data_dir: str | os.PathLike, resolution: int | None = None) -> None:
+    """Stage image_encoder's labels are SynthDance's part colours, read at the frames' own size: every video of
+    ``train_data_dir`` must be SynthDance's, with semantic maps, and its frames ``resolution`` pixels square (a resize
+    would blend neighbouring parts' colours into wrong labels). Raises ``ValueError`` naming the flags."""
+    for video in list_videos(train_data_dir):
+        if not (video / SEMANTIC_FOLDER).is_dir() or not _is_synthdance(video):
+            raise ValueError(
+                f"--stage image_encoder learns each body part's colour from SynthDance's part labels, but video "
+                f"{str(video)!r} of --train_data_dir is not a SynthDance video with a {SEMANTIC_FOLDER}/ folder "
+                "(`referencelcm synth` makes them). For other data start from a pretrained image encoder "
+                "(--image_encoder_path) instead.")
+        size = open_image(video / SEMANTIC_FOLDER / list_frames(video)[0]).size
+        if resolution is not None and size != (resolution, resolution):
+            raise ValueError(
+                f"--stage image_encoder reads part labels at the frames' own size, but video {str(video)!r} has "
+                f"{size[0]}x{size[1]} frames and --resolution is {resolution}: pass --resolution {size[0]} (or "
+                "generate the data at that size).")
+
+
+def _is_synthdance(video: Path) -> bool:
+    """Whether a video's ``meta.json`` names SynthDance as its generator (False without a readable one)."""
+    try:
+        meta = json.loads((video / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("generator") == "synthdance"
 
 
 # -- stage vae ---------------------------------------------------------------------------------------------------------
@@ -278,6 +320,49 @@ def save_reconstructions(vae: AutoencoderKL, samples: list[dict], output_dir: st
     path.parent.mkdir(parents=True, exist_ok=True)
     array = ((grid.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
     Image.fromarray(array).save(path)
+    return path
+
+
+# -- stage image_encoder -----------------------------------------------------------------------------------------------
+
+
+def image_encoder_stage_loss(network: torch.nn.Module) -> Callable[[dict[str, Any], torch.Generator], Any]:
+    """Stage image_encoder's step, ``(batch, generator) → ColourLossOutput``: each item's reference (its CLIP input,
+    ``reference_clip_pixels``) through the encoder and colour head (``network``, a :class:`RegionColourModel`, maybe
+    wrapped), against the region colours of the item's target frame, another frame of the same video
+    (:func:`~referencelcm.training.image_encoder.region_colour_targets`). The generator is not used: no sampling."""
+    def compute(batch, generator):
+        frames = (batch["target"][:, :, 0] + 1) / 2  # (B, 3, H, W) in [0, 1]
+        targets = region_colour_targets(frames, batch["guidance"][SEMANTIC_FOLDER][:, :, 0])
+        prediction = network(batch["reference_clip_pixels"][:, 0])
+        return region_colour_loss(prediction, targets.to(prediction.device))
+    return compute
+
+
+@torch.no_grad()
+def save_colour_predictions(
+    model: RegionColourModel, feature_extractor: CLIPImageProcessor, samples: list[dict], output_dir: str | os.PathLike,
+    step: int,
+) -> Path | None:
+    """Stage image_encoder's validation: each validation reference (``reference_image`` ``(3, H, W)`` in [0, 1])
+    above the parts of its first guidance frame painted in the colours predicted from that reference, in one PNG,
+    ``output_dir/validation/step-<step>/colours.png``. None (nothing written) when the samples hold no semantic maps."""
+    if not samples or any(SEMANTIC_FOLDER not in sample["guidance"] for sample in samples):
+        logger.warning(f"Validation samples hold no {SEMANTIC_FOLDER} maps; no colour predictions written.")
+        return None
+    references = torch.stack([sample["reference_image"] for sample in samples]).float()
+    images = (references * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    device = next(model.parameters()).device
+    pixels = feature_extractor(images=list(images), return_tensors="pt").pixel_values.to(device)
+    colours = model(pixels).float().clamp(0, 1).cpu()  # (V, R, 3)
+    semantic = torch.stack([sample["guidance"][SEMANTIC_FOLDER][0] for sample in samples]).float()
+    maps = (semantic.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    labels = torch.from_numpy(semantic_part_labels(maps).astype(np.int64))
+    painted = torch.cat([paint_regions(label[None], colour) for label, colour in zip(labels, colours)]).float()
+    grid = torch.cat([torch.cat(list(references), dim=2), torch.cat(list(painted), dim=2)], dim=1)
+    path = Path(output_dir) / "validation" / f"step-{step}" / "colours.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()).save(path)
     return path
 
 
