@@ -341,3 +341,20 @@ def test_format_2_frames_the_same_dancers_larger_and_keeps_them_in_the_frame():
     assert fractions[2] > 1.25 * fractions[1]
     with pytest.raises(ValueError, match="version"):
         sample_video_spec(4, 0, 12, 64, "test", version=3)
+
+
+def test_semantic_part_labels_decode_palette_colours_exactly_and_others_to_the_nearest():
+    from referencelcm.data.synthdance import semantic_part_labels
+    from referencelcm.data.synthdance.renderer import SEMANTIC_COLOURS
+
+    palette = np.concatenate([np.zeros((1, 3)), SEMANTIC_COLOURS]).astype(np.int32)
+    rng = np.random.default_rng(0)
+    drawn = rng.integers(0, len(palette), size=(2, 5, 7))
+    exact = palette[drawn].astype(np.uint8)  # (2, 5, 7, 3)
+    noisy = np.clip(exact.astype(np.int32) + rng.integers(-60, 61, size=exact.shape), 0, 255).astype(np.uint8)
+    for maps in (exact, noisy, np.concatenate([exact, noisy], axis=1)):
+        brute_force = (((maps[..., None, :].astype(np.int32) - palette) ** 2).sum(-1).argmin(-1) - 1)
+        labels = semantic_part_labels(maps)
+        assert labels.shape == maps.shape[:-1] and labels.dtype == np.int16
+        assert np.array_equal(labels, brute_force)
+    assert np.array_equal(semantic_part_labels(exact), drawn - 1)  # row 0 of the palette is the background, -1

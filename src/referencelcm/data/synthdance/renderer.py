@@ -301,8 +301,19 @@ def semantic_part_labels(semantic_map: np.ndarray) -> np.ndarray:
         raise ValueError(f"`semantic_map` must be uint8 (..., H, W, 3); received {semantic_map.dtype} "
                          f"{semantic_map.shape}.")
     palette = np.concatenate([np.zeros((1, 3)), SEMANTIC_COLOURS]).astype(np.int32)  # row 0: background
-    distances = ((semantic_map[..., None, :].astype(np.int32) - palette) ** 2).sum(axis=-1)
-    return (distances.argmin(axis=-1) - 1).astype(np.int16)
+    pixels = semantic_map.reshape(-1, 3).astype(np.int32)
+    # Maps at their own size hold palette colours only: look those up exactly (a training step labels ~1M pixels),
+    # and measure distances for the rest alone.
+    codes = (pixels[:, 0] << 16) | (pixels[:, 1] << 8) | pixels[:, 2]
+    palette_codes = (palette[:, 0] << 16) | (palette[:, 1] << 8) | palette[:, 2]
+    order = np.argsort(palette_codes)
+    position = np.minimum(np.searchsorted(palette_codes[order], codes), len(palette) - 1)
+    labels = order[position]
+    inexact = np.flatnonzero(palette_codes[labels] != codes)
+    if len(inexact):
+        distances = ((pixels[inexact, None, :] - palette) ** 2).sum(axis=-1)
+        labels[inexact] = distances.argmin(axis=-1)
+    return (labels - 1).astype(np.int16).reshape(semantic_map.shape[:-1])
 
 
 def _to_uint8(values: np.ndarray) -> np.ndarray:
