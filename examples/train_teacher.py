@@ -20,8 +20,8 @@ timesteps; sample with ~20 steps and ``guidance_scale`` 3.5) that the next stage
         --image_encoder_path CLIP_IMAGE_ENCODER --train_data_dir DATA --output_dir out/image --resolution 512
 
 ``vae``: trains the pipeline's ``AutoencoderKL`` on the dataset's frames (reconstruction + KL), then sets its
-``scaling_factor``. ``image_encoder``: trains the CLIP image encoder to predict, from one frame, every body part's
-colour in another frame of the video (SynthDance data only; a pretrained CLIP needs no such stage). ``image``: single frames; D-UNet, R-UNet (less its unread layers) and guidance encoder.
+``scaling_factor``. ``image_encoder``: trains the CLIP image encoder to predict, from a frame, every body part's
+colour in it (SynthDance data only; a pretrained CLIP needs no such stage). ``image``: single frames; D-UNet, R-UNet (less its unread layers) and guidance encoder.
 ``video``: clips; the D-UNet is inflated to a ``UNetMotionModel`` with a new (zero-initialised) or loaded
 ``MotionAdapter`` and only the motion modules train.
 """
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage == "vae":
         compute_loss = vae_stage_loss(pipe.vae, network, args.kl_weight, args.vae_crop_size, args.vae_person_weight)
     elif args.stage == "image_encoder":
-        compute_loss = image_encoder_stage_loss(network)
+        compute_loss = image_encoder_stage_loss(network, pipe.feature_extractor)
     else:
         config = TeacherConfig(uncond_ratio=args.uncond_ratio, snr_gamma=args.snr_gamma or None,
                                noise_offset=args.noise_offset, person_weight=args.person_loss_weight)

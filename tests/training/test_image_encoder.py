@@ -14,6 +14,7 @@ from referencelcm.metrics import region_mean_colours
 from referencelcm.training.image_encoder import (
     NUM_REGIONS,
     RegionColourModel,
+    clip_inputs,
     region_colour_loss,
     region_colour_targets,
 )
@@ -68,3 +69,23 @@ def test_region_colour_model_trains_the_encoder_through_its_head():
     prediction.sum().backward()
     assert all(parameter.grad is not None for parameter in encoder.parameters() if parameter.requires_grad)
     assert {key.split(".")[0] for key in model.state_dict()} == {"image_encoder", "head"}
+
+
+def test_clip_inputs_are_what_the_pipelines_processor_makes_of_a_frame_with_random_crops(frames_and_maps):
+    frames = frames_and_maps[0]
+    processor = build_components()["feature_extractor"]  # crop size 32
+    size = processor.crop_size["height"]
+    whole = clip_inputs(frames, processor, crop_scale=(1.0, 1.0))
+    images = (frames * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    expected = processor(images=list(images), return_tensors="pt").pixel_values
+    assert whole.shape == expected.shape == (2, 3, size, size)
+    assert (whole - expected).abs().mean() < 0.02  # same frame, same normalisation; only the resampling differs
+    grey = clip_inputs(torch.full((1, 3, 40, 40), 0.5), processor, torch.Generator().manual_seed(0))
+    mean, std = torch.tensor(processor.image_mean), torch.tensor(processor.image_std)
+    torch.testing.assert_close(grey[0, :, 0, 0], (0.5 - mean) / std)  # crops of a flat frame stay flat
+    first = clip_inputs(frames, processor, torch.Generator().manual_seed(1))
+    assert torch.equal(first, clip_inputs(frames, processor, torch.Generator().manual_seed(1)))
+    assert not torch.allclose(first, whole) and not torch.allclose(first, clip_inputs(
+        frames, processor, torch.Generator().manual_seed(2)))
+    with pytest.raises(ValueError, match="crop_scale"):
+        clip_inputs(frames, processor, crop_scale=(0.0, 1.0))

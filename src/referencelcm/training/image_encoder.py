@@ -6,13 +6,13 @@ jointly with the UNets learnt nothing the UNets could use (benchmarks/RESULTS.md
 error unchanged when the encoder was shown a grey image). So the encoder gets its own stage
 (``train_teacher.py --stage image_encoder``) before the image stage:
 
-    from the CLIP input of one frame of a video, predict the mean colour of every body part and of the background in
-    another frame of the same video (the dataset's reference and target frames, RAS-sampled),
+    from the CLIP input of a frame (a random square crop of 0.85–1 of its side, :func:`clip_inputs`), predict the mean
+    colour of every body part and of the background in that frame,
 
 through a linear head on ``image_embeds`` that is dropped afterwards, so the embedding itself carries the colours
 linearly, which is what the UNets' cross-attention can read. Regions come from SynthDance's semantic maps
 (:func:`~referencelcm.data.synthdance.semantic_part_labels`); other datasets have no part labels, so the stage refuses
-them. Loss: the mean squared error of the predicted colours (RGB in [0, 1]) over the regions present in the target.
+them. Loss: the mean squared error of the predicted colours (RGB in [0, 1]) over the regions present in the frame.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..data.synthdance import NUM_PARTS, semantic_part_labels
@@ -52,6 +53,36 @@ class RegionColourModel(nn.Module):
     def forward(self, clip_pixels: torch.Tensor) -> torch.Tensor:
         embeds = self.image_encoder(clip_pixels.to(self.image_encoder.dtype)).image_embeds
         return self.head(embeds.to(self.head.weight.dtype)).view(-1, self.num_regions, 3)
+
+
+def clip_inputs(
+    frames: torch.Tensor,
+    feature_extractor,
+    generator: torch.Generator | None = None,
+    crop_scale: tuple[float, float] = (0.85, 1.0),
+) -> torch.Tensor:
+    """CLIP inputs ``(B, 3, S, S)`` of ``frames`` ``(B, 3, H, W)`` in [0, 1]: one square crop per frame, of side
+    ``U(crop_scale) · min(H, W)`` at a random place, resized (bicubic, antialiased) to the ``feature_extractor``'s
+    crop size ``S`` and normalised with its ``image_mean`` / ``image_std``. With ``crop_scale`` ``(1, 1)`` and square
+    frames this is what the pipeline's ``CLIPImageProcessor`` makes of a frame, up to resampling."""
+    if frames.ndim != 4 or frames.shape[1] != 3:
+        raise ValueError(f"`frames` must be (B, 3, H, W), got shape {tuple(frames.shape)}.")
+    if not 0.0 < crop_scale[0] <= crop_scale[1] <= 1.0:
+        raise ValueError(f"`crop_scale` must be (low, high) with 0 < low <= high <= 1, got {crop_scale!r}.")
+    size = (feature_extractor.crop_size["height"], feature_extractor.crop_size["width"])
+    height, width = frames.shape[2:]
+    crops = []
+    for frame in frames:
+        scale = crop_scale[0] + (crop_scale[1] - crop_scale[0]) * torch.rand((), generator=generator).item()
+        side = max(1, round(min(height, width) * scale))
+        top = int(torch.randint(height - side + 1, (), generator=generator))
+        left = int(torch.randint(width - side + 1, (), generator=generator))
+        crop = frame[None, :, top : top + side, left : left + side].float()
+        crops.append(F.interpolate(crop, size=size, mode="bicubic", align_corners=False, antialias=True))
+    pixels = torch.cat(crops).clamp(0, 1)
+    mean = torch.tensor(feature_extractor.image_mean, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
+    std = torch.tensor(feature_extractor.image_std, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
+    return (pixels - mean) / std
 
 
 def region_colour_targets(frames: torch.Tensor, semantic_maps: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 pipeline in each stage's form, what trains, the VAE stage's loss and validation, and the finished teacher.
 
 - ``vae``: the pipeline's ``AutoencoderKL`` trains on the frames (:mod:`.vae`), then gets its ``scaling_factor``.
-- ``image_encoder``: the CLIP image encoder learns to carry the reference's region colours (:mod:`.image_encoder`;
+- ``image_encoder``: the CLIP image encoder learns to carry a frame's region colours (:mod:`.image_encoder`;
   SynthDance data only: it needs the part labels).
 - ``image``: single frames; D-UNet, R-UNet (less its unread layers) and guidance encoder (:mod:`.teacher`). From a
   motion D-UNet only its 2-D part trains; the motion modules are put back on save.
@@ -33,7 +33,7 @@ from ..metrics import paint_regions
 from ..pipelines import factory
 from ..pipelines.loading import load_pipeline
 from ..pipelines.pipeline_referencelcm import ReferenceLCMPipeline
-from .image_encoder import RegionColourModel, region_colour_loss, region_colour_targets
+from .image_encoder import RegionColourModel, clip_inputs, region_colour_loss, region_colour_targets
 from .script_support import check_model_folder
 from .teacher import ReferenceNet, TeacherModels, set_trainable
 from .unets import motion_unet_with_spatial_weights, spatial_unet_from_motion
@@ -326,15 +326,17 @@ def save_reconstructions(vae: AutoencoderKL, samples: list[dict], output_dir: st
 # -- stage image_encoder -----------------------------------------------------------------------------------------------
 
 
-def image_encoder_stage_loss(network: torch.nn.Module) -> Callable[[dict[str, Any], torch.Generator], Any]:
-    """Stage image_encoder's step, ``(batch, generator) → ColourLossOutput``: each item's reference (its CLIP input,
-    ``reference_clip_pixels``) through the encoder and colour head (``network``, a :class:`RegionColourModel`, maybe
-    wrapped), against the region colours of the item's target frame, another frame of the same video
-    (:func:`~referencelcm.training.image_encoder.region_colour_targets`). The generator is not used: no sampling."""
+def image_encoder_stage_loss(
+    network: torch.nn.Module, feature_extractor: CLIPImageProcessor
+) -> Callable[[dict[str, Any], torch.Generator], Any]:
+    """Stage image_encoder's step, ``(batch, generator) → ColourLossOutput``: each item's frame, randomly cropped into
+    the encoder's input (:func:`~referencelcm.training.image_encoder.clip_inputs`, crops drawn from ``generator``),
+    through the encoder and colour head (``network``, a :class:`RegionColourModel`, maybe wrapped), against the
+    frame's region colours (:func:`~referencelcm.training.image_encoder.region_colour_targets`)."""
     def compute(batch, generator):
         frames = (batch["target"][:, :, 0] + 1) / 2  # (B, 3, H, W) in [0, 1]
         targets = region_colour_targets(frames, batch["guidance"][SEMANTIC_FOLDER][:, :, 0])
-        prediction = network(batch["reference_clip_pixels"][:, 0])
+        prediction = network(clip_inputs(frames, feature_extractor, generator))
         return region_colour_loss(prediction, targets.to(prediction.device))
     return compute
 
