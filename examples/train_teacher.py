@@ -21,8 +21,8 @@ timesteps; sample with ~20 steps and ``guidance_scale`` 3.5) that the next stage
 
 ``vae``: trains the pipeline's ``AutoencoderKL`` on the dataset's frames (reconstruction + KL), then sets its
 ``scaling_factor``. ``image_encoder``: trains the CLIP image encoder to predict, from a frame, every body part's
-colour in it (SynthDance data only; a pretrained CLIP needs no such stage). ``image``: single frames; D-UNet, R-UNet (less its unread layers) and guidance encoder.
-``video``: clips; the D-UNet is inflated to a ``UNetMotionModel`` with a new (zero-initialised) or loaded
+colour in it (SynthDance data only; a pretrained CLIP needs no such stage). ``image``: single frames; D-UNet, R-UNet
+(less its unread layers) and guidance encoder. ``video``: clips; the D-UNet is inflated to a ``UNetMotionModel`` with a new (zero-initialised) or loaded
 ``MotionAdapter`` and only the motion modules train.
 """
 

@@ -206,8 +206,7 @@ def start_run(
     if args.validation_steps and accelerator.is_main_process:
         validation = validation_samples(args.train_data_dir, args.resolution, args.validation_num_frames,
                                         args.num_validation_videos, guidance_types or pipe.guidance_types,
-                                        pipe.feature_extractor,
-                                        args.seed)
+                                        pipe.feature_extractor, args.seed)
     return global_step, validation
 
 
