@@ -830,10 +830,10 @@ def image_encoder_probe(
     The cross-attention reading ``image_embeds`` is linear in them, so colours a linear probe cannot recover from the
     embedding are colours the UNets cannot read from it either.
 
-    Returns ``probe_error`` (mean Euclidean distance, RGB 0–255, over every part present in every test frame and
-    in some fit frame),
-    ``baseline_error`` (predicting the fit frames' mean colour of each part: what an embedding that carries nothing
-    gives), ``ratio`` (probe ÷ baseline), ``passed`` (``ratio <= max_ratio``) and a one-line ``message``.
+    Returns ``probe_error`` (mean Euclidean distance, RGB 0–255, over every part present in every test frame and in
+    some fit frame), ``baseline_error`` (predicting the fit frames' mean colour of each part: what an embedding that
+    carries nothing gives), ``ratio`` (probe ÷ baseline), ``passed`` (``ratio <= max_ratio``) and a one-line
+    ``message``.
     """
     fit_embeds, fit_colours = _embeddings_and_part_colours(image_encoder, feature_extractor, fit_videos)
     test_embeds, test_colours = _embeddings_and_part_colours(image_encoder, feature_extractor, test_videos)
