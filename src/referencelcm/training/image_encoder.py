@@ -32,11 +32,10 @@ NUM_REGIONS = NUM_PARTS + 1  # the body parts, then the background
 
 @dataclass
 class ColourLossOutput:
-    """``loss`` (0-d), ``terms`` (floats for logging) and the detached prediction ``(B, R, 3)``."""
+    """``loss`` (0-d) and ``terms`` (floats for logging)."""
 
     loss: torch.Tensor
     terms: dict[str, float]
-    prediction: torch.Tensor
 
 
 class RegionColourModel(nn.Module):
@@ -85,6 +84,13 @@ def clip_inputs(
     return (pixels - mean) / std
 
 
+def part_labels(semantic_maps: torch.Tensor) -> torch.Tensor:
+    """SynthDance part labels ``(B, H, W)`` int64 on CPU (``-1`` background) of semantic maps ``(B, 3, H, W)`` in
+    [0, 1] (:func:`~referencelcm.data.synthdance.semantic_part_labels` on their uint8 form)."""
+    maps = (semantic_maps.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+    return torch.from_numpy(semantic_part_labels(np.ascontiguousarray(maps.cpu().numpy())).astype(np.int64))
+
+
 def region_colour_targets(frames: torch.Tensor, semantic_maps: torch.Tensor) -> torch.Tensor:
     """The mean colour of each SynthDance region of each frame.
 
@@ -100,9 +106,7 @@ def region_colour_targets(frames: torch.Tensor, semantic_maps: torch.Tensor) -> 
     if frames.ndim != 4 or semantic_maps.shape != frames.shape:
         raise ValueError(f"`frames` and `semantic_maps` must both be (B, 3, H, W); got {tuple(frames.shape)} and "
                          f"{tuple(semantic_maps.shape)}.")
-    maps = (semantic_maps.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
-    labels = torch.from_numpy(semantic_part_labels(np.ascontiguousarray(maps.cpu().numpy())).astype(np.int64))
-    colours = region_mean_colours(frames.detach().float().cpu(), labels, NUM_PARTS)
+    colours = region_mean_colours(frames.detach().float().cpu(), part_labels(semantic_maps), NUM_PARTS)
     return colours.float().to(frames.device)
 
 
@@ -117,4 +121,4 @@ def region_colour_loss(prediction: torch.Tensor, targets: torch.Tensor) -> Colou
     else:
         loss = prediction.sum() * 0.0
     terms = {"loss": loss.item(), "regions_present": present.all(-1).float().mean().item()}
-    return ColourLossOutput(loss, terms, prediction.detach())
+    return ColourLossOutput(loss, terms)

@@ -20,7 +20,6 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel, UNetMotionModel
 from einops import rearrange
@@ -28,12 +27,11 @@ from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from ..data.layout import MASK_FOLDER, META_FILE, SEMANTIC_FOLDER, list_frames, list_videos, open_image
-from ..data.synthdance import semantic_part_labels
 from ..metrics import paint_regions
 from ..pipelines import factory
 from ..pipelines.loading import load_pipeline
 from ..pipelines.pipeline_referencelcm import ReferenceLCMPipeline
-from .image_encoder import RegionColourModel, clip_inputs, region_colour_loss, region_colour_targets
+from .image_encoder import RegionColourModel, clip_inputs, part_labels, region_colour_loss, region_colour_targets
 from .script_support import check_model_folder
 from .teacher import ReferenceNet, TeacherModels, set_trainable
 from .unets import motion_unet_with_spatial_weights, spatial_unet_from_motion
@@ -357,9 +355,7 @@ def save_colour_predictions(
     device = next(model.parameters()).device
     pixels = feature_extractor(images=list(images), return_tensors="pt").pixel_values.to(device)
     colours = model(pixels).float().clamp(0, 1).cpu()  # (V, R, 3)
-    semantic = torch.stack([sample["guidance"][SEMANTIC_FOLDER][0] for sample in samples]).float()
-    maps = (semantic.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    labels = torch.from_numpy(semantic_part_labels(maps).astype(np.int64))
+    labels = part_labels(torch.stack([sample["guidance"][SEMANTIC_FOLDER][0] for sample in samples]))
     painted = torch.cat([paint_regions(label[None], colour) for label, colour in zip(labels, colours)]).float()
     grid = torch.cat([torch.cat(list(references), dim=2), torch.cat(list(painted), dim=2)], dim=1)
     path = Path(output_dir) / "validation" / f"step-{step}" / "colours.png"
