@@ -79,7 +79,7 @@ def test_clip_inputs_are_what_the_pipelines_processor_makes_of_a_frame_with_rand
     images = (frames * 255).round().byte().permute(0, 2, 3, 1).numpy()
     expected = processor(images=list(images), return_tensors="pt").pixel_values
     assert whole.shape == expected.shape == (2, 3, size, size)
-    assert (whole - expected).abs().mean() < 0.02  # same frame, same normalisation; only the resampling differs
+    assert (whole - expected).abs().mean() < 0.02  # frames at the crop size: the same pixels, the same normalisation
     grey = clip_inputs(torch.full((1, 3, 40, 40), 0.5), processor, torch.Generator().manual_seed(0))
     mean, std = torch.tensor(processor.image_mean), torch.tensor(processor.image_std)
     torch.testing.assert_close(grey[0, :, 0, 0], (0.5 - mean) / std)  # crops of a flat frame stay flat
