@@ -196,11 +196,13 @@ def main(argv: list[str] | None = None) -> None:
 
     # 3. Data: single frames (vae, image_encoder, image) or clips (video), order a pure function of (seed, epoch)
     # Stage vae sees frames at their own size: a random crop resized back would blur what it must learn to keep.
-    # Stage image_encoder reads part labels from the semantic maps, which a resize would blur.
+    # Stage image_encoder reads part labels from the semantic maps, which a resize would blur. Neither reads a
+    # reference: reading one and making its CLIP input was ~70 ms of a ~150 ms image_encoder step.
     maps = stage_maps(args.stage, pipe.guidance_types, args.train_data_dir,
                       args.vae_person_weight if args.stage == "vae" else args.person_loss_weight)
-    dataset, sampler, dataloader = training_dataloader(args, pipe, num_references=1, guidance_types=maps,
-                                                       random_crop=args.stage not in ("vae", "image_encoder"))
+    frames_only = args.stage in ("vae", "image_encoder")
+    dataset, sampler, dataloader = training_dataloader(args, pipe, num_references=0 if frames_only else 1,
+                                                       guidance_types=maps, random_crop=not frames_only)
 
     # 4. Optimiser, LR schedule, accelerate
     optimizer = torch.optim.AdamW(parameters, lr=args.learning_rate, weight_decay=args.adam_weight_decay)

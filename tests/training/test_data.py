@@ -132,6 +132,33 @@ def test_cached_items_equal_uncached_ones_and_no_longer_read_the_disk(synth_root
         plain[0]
 
 
+def test_items_without_references_read_only_their_targets(synth_root, monkeypatch):
+    """``num_references=0`` (the VAE and image-encoder stages): the same targets and guidance as with references,
+    empty reference tensors of the usual trailing shape, and no reference file read."""
+    transformers = pytest.importorskip("transformers")
+    processor = transformers.CLIPImageProcessor(size=32, crop_size=32)
+    with_references = ReferenceVideoDataset(synth_root, 48, num_references=1, seed=2)
+    without = ReferenceVideoDataset(synth_root, 48, num_references=0, seed=2, clip_image_processor=processor)
+    reads = []
+    original = ReferenceVideoDataset._read
+    monkeypatch.setattr(ReferenceVideoDataset, "_read", lambda self, path, mode="RGB": reads.append(path)
+                        or original(self, path, mode))
+    for index in (0, 7, 11):
+        item, reference = without[index], with_references[index]
+        assert torch.equal(item["target"], reference["target"])
+        for name in CHAMP_GUIDANCE_TYPES:
+            assert torch.equal(item["guidance"][name], reference["guidance"][name])
+        assert item["references"].shape == (0, 3, 48, 48) and item["reference_indices"].shape == (0,)
+        assert item["reference_clip_pixels"].shape == (0, 3, 32, 32)
+    assert ReferenceVideoDataset(synth_root, 48, num_references=0)[0]["reference_clip_pixels"].shape == (0, 3, 224,
+                                                                                                          224)
+    reads.clear()
+    without[3]
+    assert sum(path.parent.name == "images" for path in reads) == 1
+    batch = collate_reference_batch([without[0], without[1]])
+    assert batch["references"].shape == (2, 0, 3, 48, 48)
+
+
 def test_builtin_clip_pixels_match_the_clip_image_processor(synth_root):
     transformers = pytest.importorskip("transformers")
     processor = transformers.CLIPImageProcessor()  # default config: 224, bicubic, CLIP mean/std; no download
@@ -219,6 +246,7 @@ def test_bad_arguments_are_named(synth_root):
     for kwargs, name in (
         ({"resolution": 0}, "resolution"),
         ({"resolution": 32, "num_frames": 0}, "num_frames"),
+        ({"resolution": 32, "num_references": -1}, "num_references"),
         ({"resolution": 32, "crop_scale": (0.5, 1.2)}, "crop_scale"),
         ({"resolution": 32, "guidance_types": "depth"}, "guidance_types"),
         ({"resolution": 32, "on_invalid": "ignore"}, "on_invalid"),
@@ -242,9 +270,9 @@ def test_the_vae_stage_loader_reads_whole_frames_and_their_masks(synth_root):
                               seed=0, train_batch_size=2, dataloader_num_workers=0, cache_frames=True)
     pipe = argparse.Namespace(guidance_types=CHAMP_GUIDANCE_TYPES,
                               feature_extractor=build_components()["feature_extractor"])
-    dataset, _, dataloader = training_dataloader(args, pipe, 1, guidance_types=("mask",), random_crop=False)
+    dataset, _, dataloader = training_dataloader(args, pipe, 0, guidance_types=("mask",), random_crop=False)
     batch = next(iter(dataloader))
-    assert set(batch["guidance"]) == {"mask"}
+    assert set(batch["guidance"]) == {"mask"} and batch["references"].shape == (2, 0, 3, RESOLUTION, RESOLUTION)
     for row in range(2):
         video = synth_root / batch["video_id"][row]
         frame = batch["frame_indices"][row, 0].item()

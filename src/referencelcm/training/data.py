@@ -73,7 +73,8 @@ class ReferenceVideoDataset(Dataset):
         resolution: output size, an int (square) or ``(height, width)``.
         num_frames: ``F`` frames per item (1: image phase; > 1: video phase).
         frame_stride: step between the frames of a clip.
-        num_references: ``k`` intra-source reference frames per item.
+        num_references: ``k`` intra-source reference frames per item; 0 reads none (stages that train on the targets
+            alone, such as the VAE's, skip reading references and making their CLIP inputs).
         guidance_types: guidance folders to load; ``None`` means ``CHAMP_GUIDANCE_TYPES``.
         min_reference_gap: references are at least this many frames from every target frame where possible.
         crop_scale: ``(low, high)`` side fraction of the largest crop with the output's aspect ratio; one random crop
@@ -115,7 +116,7 @@ class ReferenceVideoDataset(Dataset):
         self.resolution = _size_pair(resolution)
         self.num_frames = _positive_int("num_frames", num_frames)
         self.frame_stride = _positive_int("frame_stride", frame_stride)
-        self.num_references = _positive_int("num_references", num_references)
+        self.num_references = _positive_int("num_references", num_references, minimum=0)
         self.min_reference_gap = _positive_int("min_reference_gap", min_reference_gap, minimum=0)
         self.clip_resolution = _positive_int("clip_resolution", clip_resolution)
         self.guidance_types = self._check_guidance_types(guidance_types)
@@ -250,6 +251,9 @@ class ReferenceVideoDataset(Dataset):
 
     def _clip_pixels(self, references: np.ndarray, box: tuple[int, int, int, int]) -> torch.Tensor:
         """Cropped references ``(k, H, W, 3)`` uint8 → CLIP inputs ``(k, 3, C, C)``."""
+        if len(references) == 0:
+            crop = getattr(self.clip_image_processor, "crop_size", None) or {}
+            return torch.empty(0, 3, crop.get("height", self.clip_resolution), crop.get("width", self.clip_resolution))
         top, left, crop_height, crop_width = box
         crops = np.ascontiguousarray(references[:, top : top + crop_height, left : left + crop_width])
         if self.clip_image_processor is not None:
@@ -279,6 +283,8 @@ class ReferenceVideoDataset(Dataset):
         return array
 
     def _read_images(self, video: ChampVideo, frames: np.ndarray, expected: tuple[int, ...] | None) -> np.ndarray:
+        if len(frames) == 0:
+            return np.empty((0, *expected), dtype=np.uint8)
         arrays = []
         for frame in frames:
             array = self._read(video.frame_path(IMAGE_FOLDER, int(frame)))
