@@ -1,7 +1,12 @@
-"""arguments.run_main: how an examples/ script ends (one line on stderr and a status for bad input, no traceback)."""
+"""arguments.run_main: how an examples/ script ends (one line on stderr and a status for bad input, no traceback);
+save_image_atomically."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
 import pytest
 
 from referencelcm.arguments import run_main
@@ -36,3 +41,26 @@ def test_run_main_lets_other_errors_through():
         run_main(_raise(KeyError("a bug")))
     with pytest.raises(ValueError):
         run_main(_raise(ValueError("not listed")), errors=(FileNotFoundError,))
+
+
+def test_save_image_atomically_writes_whole_images_or_keeps_the_old_one(tmp_path):
+    from referencelcm.arguments import save_image_atomically
+
+    path = tmp_path / "validation" / "step-1" / "grid.png"
+    first = PIL.Image.new("RGB", (4, 3), (10, 200, 30))
+    assert save_image_atomically(first, path) == path
+    assert np.array_equal(np.asarray(PIL.Image.open(path)), np.asarray(first))
+
+    class Interrupted(Exception):
+        pass
+
+    class HalfWritten(PIL.Image.Image):  # writes some bytes, then the run is stopped
+        def save(self, fp, *args, **kwargs):
+            Path(fp).write_bytes(b"\x89PNG half")
+            raise Interrupted
+
+    broken = HalfWritten()
+    with pytest.raises(Interrupted):
+        save_image_atomically(broken, path)
+    assert np.array_equal(np.asarray(PIL.Image.open(path)), np.asarray(first))
+    assert sorted(entry.name for entry in path.parent.iterdir()) == ["grid.png"]

@@ -144,6 +144,21 @@ def temporary_file_beside(path: str | os.PathLike, suffix: str) -> str:
     return temporary
 
 
+def save_image_atomically(image: PIL.Image.Image, path: str | os.PathLike, **save_kwargs) -> Path:
+    """``image.save(path, **save_kwargs)`` through a temporary sibling renamed onto ``path``: a run stopped mid-write
+    leaves the previous file (or none), never half an image. Creates ``path``'s folder. Returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = temporary_file_beside(path, path.suffix)
+    try:
+        image.save(temporary, **save_kwargs)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return path
+
+
 def missing_parents(path: str | os.PathLike) -> Path | None:
     """The outermost missing ancestor folder of ``path`` (what writing ``path`` will create), or ``None``."""
     missing = None

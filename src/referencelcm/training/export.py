@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..arguments import save_image_atomically
 from ..pipelines.loading import looks_like_local_path
 from ..pipelines.pipeline_referencelcm import ReferenceLCMPipeline
 from .consistency import student_lcm_scheduler_from_teacher
@@ -141,10 +142,8 @@ def load_lora_into_pipeline(pipe: ReferenceLCMPipeline, lora_dir: str | os.PathL
 def save_video_frames(frames: np.ndarray, path: str | os.PathLike, fps: int = 8) -> Path:
     """Write ``(F, H, W, 3)`` floats in [0, 1] as an animated GIF (Pillow only; no ffmpeg needed)."""
     images = [Image.fromarray((np.clip(frame, 0, 1) * 255).round().astype(np.uint8)) for frame in frames]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
-    return path
+    return save_image_atomically(images[0], path, format="GIF", save_all=True, append_images=images[1:],
+                                 duration=int(1000 / fps), loop=0)
 
 
 @torch.no_grad()

@@ -26,6 +26,7 @@ from einops import rearrange
 from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
+from ..arguments import save_image_atomically
 from ..data.layout import MASK_FOLDER, META_FILE, SEMANTIC_FOLDER, list_frames, list_videos, open_image
 from ..metrics import paint_regions
 from ..pipelines import factory
@@ -314,11 +315,9 @@ def save_reconstructions(vae: AutoencoderKL, samples: list[dict], output_dir: st
     references = torch.stack([sample["reference_image"] for sample in samples]).to(vae.device, vae.dtype) * 2 - 1
     reconstructions = vae.decode(vae.encode(references).latent_dist.mode()).sample
     grid = torch.cat([torch.cat(list(references), dim=2), torch.cat(list(reconstructions), dim=2)], dim=1)
-    path = Path(output_dir) / "validation" / f"step-{step}" / "reconstruction.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
     array = ((grid.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-    Image.fromarray(array).save(path)
-    return path
+    return save_image_atomically(Image.fromarray(array),
+                                 Path(output_dir) / "validation" / f"step-{step}" / "reconstruction.png")
 
 
 # -- stage image_encoder -----------------------------------------------------------------------------------------------
@@ -358,10 +357,8 @@ def save_colour_predictions(
     labels = part_labels(torch.stack([sample["guidance"][SEMANTIC_FOLDER][0] for sample in samples]))
     painted = torch.cat([paint_regions(label[None], colour) for label, colour in zip(labels, colours)]).float()
     grid = torch.cat([torch.cat(list(references), dim=2), torch.cat(list(painted), dim=2)], dim=1)
-    path = Path(output_dir) / "validation" / f"step-{step}" / "colours.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()).save(path)
-    return path
+    return save_image_atomically(Image.fromarray((grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()),
+                                 Path(output_dir) / "validation" / f"step-{step}" / "colours.png")
 
 
 # -- the finished teacher ----------------------------------------------------------------------------------------------
