@@ -7,6 +7,7 @@ from referencelcm.build_report import (
     MATCHED_TEACHER,
     RESULTS_BEGIN,
     RESULTS_END,
+    SKELETON_ONLY,
     ablation_comparisons,
     results_markdown,
     student_4_against,
@@ -50,7 +51,7 @@ def test_results_markdown_has_the_tables_the_targets_and_the_build_time():
     table4 = text.split("### Table 4 form", 1)[1].split("###", 1)[0]
     assert all(f"| {variant.name} | 4 | 1 |" in table4 for variant in ABLATION) and "| teacher |" not in table4
     targets = text.split("### Speed and targets", 1)[1].split("###", 1)[0]
-    assert "(side by side) | 8.00× | ≥ 8× |" in targets and "| the same from the Table-3 passes | 5.00× | |" in targets
+    assert "(side by side) | 8.00× | ≥ 9× |" in targets and "| the same from the Table-3 passes | 5.00× | |" in targets
     assert "| student 4-step SSIM / teacher 20-step SSIM | 0.8889 | ≥ 0.97 |" in targets
     assert "per video | +0.0333 ± 0.0667, better on 2 of 3 videos | > 0 |" in targets
     appearance = text.split("### Appearance: does the output wear the reference?", 1)[1].split("###", 1)[0]
@@ -60,6 +61,23 @@ def test_results_markdown_has_the_tables_the_targets_and_the_build_time():
     assert "resumed from a finished `teacher/`" not in text
     resumed = results_markdown(_report(), {"evaluation": 60.0}, PRESET, "build")
     assert "resumed from a finished `teacher/`" in resumed and "| **total** | **1.0** |" in resumed
+
+
+def test_a_build_without_the_ablation_says_how_to_run_it_and_shows_the_skeleton_rows():
+    report = _report()
+    report["rows"] = [row for row in report["rows"] if row["method"] not in {variant.name for variant in ABLATION}]
+    report["rows"] += [_row(SKELETON_ONLY.format("teacher"), 20, [0.45, 0.5, 0.55]),
+                       _row(SKELETON_ONLY.format("student"), 4, [0.4, 0.5, 0.6])]
+    text = results_markdown(report, {"evaluation": 60.0}, PRESET, "python examples/build_default_model.py")
+    table4 = text.split("### Table 4 form", 1)[1].split("###", 1)[0]
+    assert "Not run in this build: `python examples/build_default_model.py --ablation`" in table4
+    assert "| ReferenceLCM" not in table4
+    skeleton = text.split("### From the skeleton alone (`dwpose` only)", 1)[1].split("###", 1)[0]
+    assert "| teacher, skeleton only | 20 | 1 | 0.5000 |" in skeleton
+    assert "| student, skeleton only | 4 | 1 | 0.5000 |" in skeleton
+    table3 = text.split("### Table 3 form", 1)[1].split("###", 1)[0]
+    assert "skeleton only" not in table3
+    assert "### From the skeleton alone" not in results_markdown(_report(), {}, PRESET, "build")
 
 
 def test_ablation_rows_are_compared_with_plain_lcd_on_what_each_term_targets():

@@ -50,12 +50,16 @@ def check_demo_video(built: dict) -> None:
     assert json.loads((demo / "meta.json").read_text())
 
 
-def check_results(built: dict, script) -> None:
+def check_results(built: dict, script, ablation: bool = True) -> None:
     text = built["results"].read_text()
     assert text.startswith("# Benchmark results\n\nHand-written notes stay.\n")
     assert text.count(build_report.RESULTS_BEGIN) == 1 and text.count(build_report.RESULTS_END) == 1
+    table4 = text.split("### Table 4 form", 1)[1].split("###", 1)[0]
     for variant in script.ABLATION:
-        assert f"| {variant.name} | 2 |" in text
+        assert (f"| {variant.name} | 2 |" in table4) == ablation, variant.name
+    assert ("--ablation` distils the other rows" in table4) != ablation
+    skeleton = text.split("### From the skeleton alone (`dwpose` only)", 1)[1].split("###", 1)[0]
+    assert "| teacher, skeleton only | 2 | 3.5 |" in skeleton and "| student, skeleton only | 2 | 1 |" in skeleton
     assert "| teacher | 2 | 3.5 |" in text and "| student | 1 | 1 |" in text
     # The teacher again at the ω the student was distilled with: the like-for-like baseline beside Champ's CFG.
     matched = script.PRESETS["smoke"].distillation_guidance_scale
@@ -73,15 +77,17 @@ def check_results(built: dict, script) -> None:
         assert f"| student 2 steps (reenact) | teacher 2 steps | {metric} |" in paired
     # self split (one video), per metric: teacher: student 1, 2 vs 2 steps; matched: the same; undistilled: 1 vs 1
     # and 2, 2 vs 2; and the ablation rows against plain LCD in SSIM and part ΔE
-    assert paired.count(" of 1 videos |") == 3 * (2 + 2 + 3) + 2 * (len(script.ABLATION) - 1)
+    assert paired.count(" of 1 videos |") == 3 * (2 + 2 + 3) + ablation * 2 * (len(script.ABLATION) - 1)
     # the ablation against plain LCD: SSIM and part ΔE on the self split, part ΔE and reference spread on pairs
     for metric, split in (("SSIM ↑", ""), ("part ΔE ↓", ""), ("part ΔE ↓", " (reenact)"), ("ref. spread ↓", " (reenact)")):
-        assert f"| {script.ABLATION[-1].name} 2 steps{split} | {script.ABLATION[0].name} 2 steps | {metric} |" in paired
+        compared = f"| {script.ABLATION[-1].name} 2 steps{split} | {script.ABLATION[0].name} 2 steps | {metric} |"
+        assert (compared in paired) == ablation
     appearance = text.split("### Appearance: does the output wear the reference?", 1)[1].split("###", 1)[0]
     for split in ("self", "reenact"):
         for method in ("ground truth", "VAE reconstruction", "ignores the reference"):
             assert f"| {method} | {split} | – | – |" in appearance
-        assert f"| {script.ABLATION[-1].name} | {split} | 2 | 1 |" in appearance
+        assert (f"| {script.ABLATION[-1].name} | {split} | 2 | 1 |" in appearance) == ablation
+    assert "| student, skeleton only | self | 2 | 1 |" in appearance
     targets = text.split("### Appearance targets", 1)[1].split("###", 1)[0]
     assert "| self split: teacher 2 steps, part ΔE ÷ ignores the reference |" in targets
     assert "| reenact split: student 2 steps, reference swap (ΔE to B ÷ ΔE to A) |" in targets
@@ -89,10 +95,24 @@ def check_results(built: dict, script) -> None:
 
 
 def test_smoke_build_ships_models_demo_and_tables_then_resumes(script, tmp_path, capsys, monkeypatch):
-    """One test, so that pytest-xdist builds once: ship, then a rerun skips every complete stage."""
+    """One test, so that pytest-xdist builds once: ship, resume into the ablation, then a rerun skips every complete
+    stage."""
     built = run_smoke_build(script, tmp_path)
     check_shipped_models(built)
     check_demo_video(built)
+    check_results(built, script, ablation=False)
+    build = script.Build(script.PRESETS["smoke"], built["work"], seed=0)
+    assert [variant for variant in script.ABLATION if script.is_complete(build.temporal_dir(variant))] == [
+        script.ABLATION[-1]]  # only the shipped student was distilled
+
+    # --ablation resumes the finished build: the other rows are distilled (the shipped student's phases are reused)
+    # and the evaluation runs again with them.
+    capsys.readouterr()
+    built["argv"] = [*built["argv"], "--ablation"]
+    assert script.main(built["argv"]) == 0
+    output = capsys.readouterr().out
+    # skipped: the shipped student's two phases, and its spatial phase again for "+ CoNS", which shares it
+    assert output.count("is complete; skipped.") == 3 and "trained in this run: re-evaluating." in output
     check_results(built, script)
 
     timings = json.loads((built["work"] / "timings.json").read_text())
@@ -117,7 +137,6 @@ def test_smoke_build_ships_models_demo_and_tables_then_resumes(script, tmp_path,
 
     # A complete teacher is all later stages need: a work dir without the VAE and image-stage folders resumes too.
     # The retrained student makes the existing evaluation stale, so it runs again.
-    build = script.Build(script.PRESETS["smoke"], built["work"], seed=0)
     for stage in (build.stage_dir("vae"), build.stage_dir("teacher_image"), build.temporal_dir(script.ABLATION[-1])):
         shutil.rmtree(stage)
     report_before = (built["work"] / "evaluation" / "report.json").stat().st_mtime_ns

@@ -306,6 +306,19 @@ def test_shipped_default_config_has_the_bundled_teachers_sizes(script, tmp_path:
         assert not differences, (name, differences)
 
 
+def test_the_128px_config_builds_32_by_32_latents_and_a_convolution_only_top_level(script, tmp_path: Path):
+    """examples/configs/128px.json (the 128px build preset's sizes): the sizes its measurements were taken at."""
+    args = script.parse_args(["--stage", "vae", "--train_data_dir", str(tmp_path), "--model_config",
+                              str(CONFIGS / "128px.json")])
+    pipe = script.build_pipeline(args)
+    assert pipe.vae.config.latent_channels == 16 and pipe.vae.config.sample_size == 128
+    assert 128 // 2 ** (len(pipe.vae.config.block_out_channels) - 1) == 32
+    for unet in (pipe.reference_unet, pipe.denoising_unet):
+        assert list(unet.config.block_out_channels) == [32, 48, 96, 96]
+        assert [hasattr(block, "attentions") for block in unet.down_blocks] == [False, True, True, False]
+    assert pipe.image_encoder.config.projection_dim == pipe.denoising_unet.config.cross_attention_dim == 32
+
+
 def test_model_config_errors_name_the_argument(workspace: Path, script, tmp_path: Path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("unet_block_out_channels: [8, 16]\nwidth: 3\n")

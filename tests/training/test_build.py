@@ -75,6 +75,12 @@ def test_timed_stages_keep_the_time_of_the_run_that_did_the_work(tmp_path, capsy
     assert "=== data ===" in capsys.readouterr().out
 
 
+def test_a_build_distils_the_shipped_student_and_with_ablation_every_row(tmp_path):
+    assert Build(PRESET, tmp_path, seed=0).variants == (ABLATION[-1],)
+    ablation = Build(PRESET, tmp_path, seed=0, ablation=True).variants
+    assert ablation == ABLATION and ablation[-1] == ABLATION[-1]  # the shipped student last in both
+
+
 def test_ablation_folders_name_what_the_variants_differ_in(tmp_path):
     build = Build(PRESET, tmp_path, seed=0)
     assert build.spatial_dir(ABLATION[-1]).name == "spatial_w1.5_eta0.1_cons0.02"

@@ -99,13 +99,20 @@ ABLATION_NAMES = tuple(variant.name for variant in ABLATION)
 
 @dataclass
 class Build:
-    """Where one build reads and writes, and the wall-clock seconds of the stages it ran (``timings``)."""
+    """Where one build reads and writes, which students it distils (the shipped one; with ``ablation`` every row of
+    :data:`ABLATION`), and the wall-clock seconds of the stages it ran (``timings``)."""
 
     preset: Preset
     work_dir: Path
     seed: int
+    ablation: bool = False
     timings: dict[str, float] = field(default_factory=dict)
     trained: list[str] = field(default_factory=list)  # the stage folders this invocation trained
+
+    @property
+    def variants(self) -> tuple[Variant, ...]:
+        """The students to distil and score: the shipped CoSeC-LCD one last, after the other ablation rows if asked."""
+        return ABLATION if self.ablation else ABLATION[-1:]
 
     @property
     def train_data(self) -> Path:
