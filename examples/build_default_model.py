@@ -133,10 +133,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # -- stages ------------------------------------------------------------------------------------------------------------
 
 
-def generate_data(build: Build) -> None:
+def generate_data(build: Build) -> bool:
+    """The three SynthDance splits; ``False`` (untimed) when a run before wrote them all (``index.json`` comes last)."""
     from referencelcm.data.synthdance import generate_dataset
 
     preset = build.preset
+    written = all((folder / "index.json").is_file() for folder in (build.train_data, build.test_data, build.reenact_data))
     # generate_dataset skips videos already complete on disk, so an interrupted build resumes here too.
     generate_dataset(build.train_data, num_videos=preset.train_videos, num_frames=preset.train_frames,
                      resolution=preset.resolution, seed=build.seed, split="train")
@@ -144,6 +146,7 @@ def generate_data(build: Build) -> None:
                      resolution=preset.resolution, seed=build.seed, split="test")
     generate_dataset(build.reenact_data, num_videos=max(preset.test_videos, 2), num_frames=preset.test_frames,
                      resolution=preset.resolution, seed=build.seed, split="reenact")
+    return not written
 
 
 def run_script(build: Build, script: str, output: Path, settings: dict, extra: list[str]) -> bool:
