@@ -58,8 +58,9 @@ SKELETON_METHODS = tuple(SKELETON_ONLY.format(method) for method in ("teacher", 
 
 def evaluate_build(build: Build) -> bool:
     """Table 3 (teacher vs student over steps), the skeleton-only rows and Table 4 (ablation, with
-    ``build.ablation``) on the test split, and the appearance rows on the test and reenactment splits, in one process: ``evaluation/report.json``, its tables and plot. Skipped
-    (``False``) when a report exists and no stage was retrained in this run (``build.trained``)."""
+    ``build.ablation``) on the test split, and the appearance rows on the test and reenactment splits, in one
+    process: ``evaluation/report.json``, its tables and plot. Skipped (``False``) when a report exists and no stage
+    was retrained in this run (``build.trained``)."""
     output_dir = build.stage_dir("evaluation")
     if (output_dir / "report.json").is_file():
         if not build.trained:
