@@ -50,32 +50,16 @@ def read_model_config(name: str) -> dict:
 
 
 PRESETS = {
-    # 64 px frames, 16 × 16 latents, a 2.7M-parameter D-UNet: the whole build fits 90 minutes on 2 cores. The guidance
-    # encoders are kept narrow so that the D-UNet dominates inference time (measured: with (32, 64, 128) they cost
-    # twice a D-UNet step per frame, which capped the teacher/student speed ratio near 5×).
-    "default": Preset(
-        resolution=64, train_videos=64, train_frames=32, test_videos=24, test_frames=17, clip_frames=8,
-        model_config=read_model_config("default.json"),
-        vae=dict(max_train_steps=1500, train_batch_size=8, learning_rate=1e-3),
-        teacher_image=dict(max_train_steps=3600, train_batch_size=8, learning_rate=2e-4),
-        teacher_video=dict(max_train_steps=400, train_batch_size=2, learning_rate=2e-4),
-        # Distillation learning rates: 1e-5 / 5e-6 (appendix C: 1e-6 on SD1.5-sized models). On a seed-1 validation
-        # split (24 videos) the student's 4-step SSIM rose from 0.5845 at 1e-4 / 5e-5 to 0.5898; 3e-4 or twice the
-        # spatial steps scored lower (spatial phase alone: 0.5456, 0.5624 against 0.5733).
-        spatial=dict(max_train_steps=800, train_batch_size=4, learning_rate=1e-5),
-        temporal=dict(max_train_steps=150, train_batch_size=2, learning_rate=5e-6),
-        cache_frames=True,
-    ),
-    # 128 px frames, 32 × 32 latents of 16 channels: the rebuild that wears the reference (issue 21). Every number
-    # below was measured at this size (benchmarks/RESULTS.md, "the 128 px teacher" sections): the VAE passes the
-    # colour gate only at 128 px with its person-weighted loss on 32 px crops; the image encoder learns the part
+    # 128 px frames, 32 × 32 latents of 16 channels (64 px models could not wear the reference: their VAE alone lost
+    # the colours). Every number below was measured at this size (benchmarks/RESULTS.md, the 128 px sections): the
+    # VAE passes the colour gate only with its person-weighted loss on 32 px crops; the image encoder learns the part
     # colours from 512 identities (64 are learnt by heart); the image stage needs the person weight (retrieval 58 →
     # 88 %) and lr 1e-3 (part ΔE ÷ ignoring 0.86 → 0.81 and 0.75 → 0.69 over 3e-4). The distillation keeps the 64 px
-    # settings. Measured alone on 2 cores: VAE ~20 min, image encoder ~7, image stage ~48, video stage ~7 (1.0 s per
-    # step), a spatial phase ~9 (1.45 steps/s), a temporal phase ~8 (3.2 s per step).
-    "128px": Preset(
+    # settings. The first build took 123 minutes on 2 cores: VAE 19, image encoder 7, image stage 47, video stage 7,
+    # spatial 10 and temporal phase 8, evaluation 24.
+    "default": Preset(
         resolution=128, train_videos=512, train_frames=8, test_videos=24, test_frames=9, clip_frames=8,
-        model_config=read_model_config("128px.json"),
+        model_config=read_model_config("default.json"),
         vae=dict(max_train_steps=9500, train_batch_size=16, learning_rate=2e-3, lr_scheduler="cosine",
                  lr_warmup_steps=100, vae_crop_size=32, vae_person_weight=8),
         image_encoder=dict(max_train_steps=3000, train_batch_size=64, learning_rate=1e-3, lr_scheduler="cosine",

@@ -293,7 +293,8 @@ def test_shipped_default_config_has_the_bundled_teachers_sizes(script, tmp_path:
     args = script.parse_args(["--stage", "vae", "--train_data_dir", str(tmp_path), "--model_config",
                               str(CONFIGS / "default.json")])
     pipe = inflate(script.build_pipeline(args), model_config=args.model_config)  # what stage video then does
-    trained_or_metadata = {"scaling_factor", "architectures", "dtype", "transformers_version"}
+    # guidance_type_dropout: set by the image stage's --guidance_type_dropout, not by the model config
+    trained_or_metadata = {"scaling_factor", "architectures", "dtype", "transformers_version", "guidance_type_dropout"}
     for name, component in pipe.components.items():
         folder = REPO / "models" / "teacher" / name
         saved_file = next(folder / file for file in ("config.json", "scheduler_config.json", "preprocessor_config.json")
@@ -306,10 +307,10 @@ def test_shipped_default_config_has_the_bundled_teachers_sizes(script, tmp_path:
         assert not differences, (name, differences)
 
 
-def test_the_128px_config_builds_32_by_32_latents_and_a_convolution_only_top_level(script, tmp_path: Path):
-    """examples/configs/128px.json (the 128px build preset's sizes): the sizes its measurements were taken at."""
+def test_the_default_config_builds_32_by_32_latents_and_a_convolution_only_top_level(script, tmp_path: Path):
+    """examples/configs/default.json (the bundled model's sizes): the sizes its measurements were taken at."""
     args = script.parse_args(["--stage", "vae", "--train_data_dir", str(tmp_path), "--model_config",
-                              str(CONFIGS / "128px.json")])
+                              str(CONFIGS / "default.json")])
     pipe = script.build_pipeline(args)
     assert pipe.vae.config.latent_channels == 16 and pipe.vae.config.sample_size == 128
     assert 128 // 2 ** (len(pipe.vae.config.block_out_channels) - 1) == 32
