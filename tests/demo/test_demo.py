@@ -14,6 +14,9 @@ from referencelcm.data.layout import CHAMP_GUIDANCE_TYPES
 from referencelcm.demo import DEMO_VIDEO, SYNTHDANCE, DemoModels, cached_pipeline, generate, load_guidance
 
 MODELS = DemoModels()  # the bundled student and teacher
+# The bundled demo video's frame size and count (the size the bundled models were trained at).
+SIZE = Image.open(demo.demo_reference_path()).size[0]
+FRAMES = demo.demo_video_frames()
 
 
 def test_generate_with_the_defaults_writes_video_grid_time_and_evaluations(tmp_path):
@@ -27,11 +30,11 @@ def test_generate_with_the_defaults_writes_video_grid_time_and_evaluations(tmp_p
     assert "3 frames in" in result.summary and "4 D-UNet evaluations per frame" in result.summary
 
     video, grid = iio.imread(result.video_path), iio.imread(result.grid_path)
-    assert video.shape == (3, 64, 64, 3)
-    assert grid.shape == (3, 64, 64 * 6, 3)  # reference | depth | normal | semantic_map | dwpose | result
+    assert video.shape == (3, SIZE, SIZE, 3)
+    assert grid.shape == (3, SIZE, SIZE * 6, 3)  # reference | depth | normal | semantic_map | dwpose | result
     # no reference given: the demo video's first frame is the reference
     reference = np.asarray(Image.open(demo.demo_reference_path()).convert("RGB"), dtype=np.float32)
-    assert np.abs(grid[0, :, :64].astype(np.float32) - reference).mean() < 12  # mp4 compression only
+    assert np.abs(grid[0, :, :SIZE].astype(np.float32) - reference).mean() < 12  # mp4 compression only
 
 
 def test_uploaded_reference_and_seed_change_the_result(tmp_path):
@@ -39,7 +42,7 @@ def test_uploaded_reference_and_seed_change_the_result(tmp_path):
     upload[..., 0] = 255  # a red image of another size than the guidance
     first = generate(MODELS, upload, num_frames=2, steps=1, seed=0, output_dir=tmp_path / "a")
     grid = iio.imread(first.grid_path)
-    assert grid[0, :, :64, 0].mean() > 200 and grid[0, :, :64, 1:].mean() < 40  # the upload is the reference panel
+    assert grid[0, :, :SIZE, 0].mean() > 200 and grid[0, :, :SIZE, 1:].mean() < 40  # the upload is the reference panel
     again = generate(MODELS, Image.fromarray(upload), num_frames=2, steps=1, seed=0, output_dir=tmp_path / "b")
     other_seed = generate(MODELS, upload, num_frames=2, steps=1, seed=1, output_dir=tmp_path / "c")
     assert np.array_equal(iio.imread(first.video_path), iio.imread(again.video_path))
@@ -71,13 +74,13 @@ def test_synthdance_guidance_is_rendered_on_the_spot_and_follows_the_motion_seed
 
 def test_generate_along_a_synthdance_motion(tmp_path):
     result = generate(MODELS, None, SYNTHDANCE, num_frames=2, steps=1, motion_seed=4, output_dir=tmp_path)
-    assert iio.imread(result.video_path).shape == (2, 64, 64, 3)
+    assert iio.imread(result.video_path).shape == (2, SIZE, SIZE, 3)
 
 
 def test_the_frame_count_defaults_to_the_whole_demo_video(tmp_path):
-    assert demo.frame_limits(DEMO_VIDEO) == (17, 17) and demo.frame_limits(SYNTHDANCE) == (16, 48)
+    assert demo.frame_limits(DEMO_VIDEO) == (FRAMES, FRAMES) and demo.frame_limits(SYNTHDANCE) == (16, 48)
     result = generate(MODELS, None, steps=1, output_dir=tmp_path)
-    assert result.num_frames == 17 == iio.imread(result.video_path).shape[0]
+    assert result.num_frames == FRAMES == iio.imread(result.video_path).shape[0]
 
 
 @pytest.mark.parametrize("arguments, message", [
@@ -85,8 +88,9 @@ def test_the_frame_count_defaults_to_the_whole_demo_video(tmp_path):
     (dict(steps=9), "`steps` must be an integer from 1 to 8 for the student, got 9."),
     (dict(steps=2.5), "`steps` must be an integer"),
     (dict(steps=51, model_kind="teacher"), "`steps` must be an integer from 1 to 50 for the teacher, got 51."),
-    (dict(num_frames=18), "`frames` must be an integer from 1 to 17 for the bundled demo video, got 18."),
-    (dict(num_frames=0), "`frames` must be an integer from 1 to 17"),
+    (dict(num_frames=FRAMES + 1),
+     f"`frames` must be an integer from 1 to {FRAMES} for the bundled demo video, got {FRAMES + 1}."),
+    (dict(num_frames=0), f"`frames` must be an integer from 1 to {FRAMES}"),
     (dict(num_frames=49, guidance_source=SYNTHDANCE), "`frames` must be an integer from 1 to 48 for a SynthDance"),
     (dict(guidance_source=SYNTHDANCE, motion_seed=-1), "`motion seed` must be an integer from 0"),
     (dict(seed=-1), "`seed` must be an integer from 0 to 4294967295, got -1."),
