@@ -133,7 +133,8 @@ def skeleton_only_rows(teacher: ReferenceLCMPipeline, student: ReferenceLCMPipel
     """The teacher at its most steps (CFG) and the student at the ablation's steps, animated from the ``dwpose``
     skeleton alone (the guidance a user's own video gives most easily); none unless both models read ``dwpose`` and
     take a subset of their guidance types (trained with guidance-type dropout)."""
-    if not all(SKELETON in pipe.guidance_types and pipe.guidance_encoder.accepts_subsets for pipe in (teacher, student)):
+    models = (teacher, student)
+    if not all(SKELETON in pipe.guidance_types and pipe.guidance_encoder.accepts_subsets for pipe in models):
         return []
     skeleton = [dataclasses.replace(video, guidance={SKELETON: video.guidance[SKELETON]}) for video in videos]
     common = {**common, "videos": skeleton}
