@@ -210,11 +210,12 @@ class MultiGuidanceEncoder(ModelMixin, ConfigMixin):
         if drop_mask is not None and tuple(drop_mask.shape) != (batch_size, len(self.encoders)):
             raise ValueError(f"`drop_mask` must have shape ({batch_size}, {len(self.encoders)}) (batch, guidance "
                              f"types), got {tuple(drop_mask.shape)}.")
+        parameter = next(self.parameters())  # read once: ModelMixin.device / .dtype walk every submodule
         features = None
         for index, (guidance_type, encoder) in enumerate(self.encoders.items()):
             if guidance_type not in guidance:
                 continue
-            maps = guidance[guidance_type].to(device=self.device, dtype=self.dtype)
+            maps = guidance[guidance_type].to(device=parameter.device, dtype=parameter.dtype)
             if is_video:
                 maps = rearrange(maps, "b c f h w -> (b f) c h w")
             encoded = torch.cat([encoder(chunk) for chunk in maps.split(chunk_size)])

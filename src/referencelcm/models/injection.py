@@ -92,7 +92,9 @@ def run_denoising_unet(
         A 2-D UNet treats frames independently: they are folded into the batch.
     """
     sample = latents if guidance_features is None else torch.cat([latents, guidance_features.to(latents)], dim=1)
-    dtype = unwrap_unet(unet).dtype
+    # The first parameter's dtype, as ``ModelMixin.dtype`` finds it, without its walk over every submodule (about
+    # 2 ms on a UNetMotionModel, paid at every denoising step).
+    dtype = next(unwrap_unet(unet).parameters()).dtype
     sample = sample.to(dtype)
     image_embeds = image_embeds.to(dtype)
     timestep_cond = None if timestep_cond is None else timestep_cond.to(dtype)
