@@ -30,6 +30,7 @@ from referencelcm.evaluation import (
     format_table,
     load_test_videos,
     paired_difference,
+    swap_ratio,
     teacher_student_comparisons,
     time_side_by_side,
     write_report,
@@ -511,6 +512,14 @@ class _OraclePipe:
         return type("Output", (), {"frames": [frames]})()
 
 
+def test_swap_ratio_is_a_ratio_of_means():
+    """One pair with a tiny error to A's own look must not dominate the row, as a mean of per-video ratios lets it
+    (here (1/9 + 3) / 2 = 1.56 against 4 / 10)."""
+    assert swap_ratio({"appearance_delta_e": [1.0, 3.0], "original_delta_e": [9.0, 1.0]}) == pytest.approx(0.4)
+    assert math.isinf(swap_ratio({"appearance_delta_e": [1.0], "original_delta_e": [0.0]}))
+    assert math.isnan(swap_ratio({"appearance_delta_e": [1.0]}))
+
+
 @pytest.mark.parametrize("mode", ["truth", "original", "reference"])
 def test_reference_swap_and_spread_follow_what_the_output_wears(appearance_splits, mode):
     videos = appearance_splits["reenact"]
@@ -519,6 +528,7 @@ def test_reference_swap_and_spread_follow_what_the_output_wears(appearance_split
     (row,) = evaluate_model(_OraclePipe(videos, mode), None, videos=videos, steps=[1], reference_frames=3,
                             progress=False, warmup=False)
     assert row["split"] == "reenact"
+    assert row["swap_ratio"] == swap_ratio(row["per_video"])
     if mode == "truth":  # wears B's appearance exactly, whatever frame of B is the reference
         assert row["part_delta_e"] == 0 and row["swap_ratio"] == 0 and row["reference_spread"] == 0
         assert row["retrieval"] == 1.0

@@ -25,6 +25,7 @@ from diffusers import LCMScheduler
 from diffusers.utils import export_to_video
 
 from .arguments import (
+    atomic_output,
     check_at_least,
     check_finite,
     check_output_file,
@@ -32,7 +33,6 @@ from .arguments import (
     naming,
     read_image,
     resolve_device,
-    temporary_file_beside,
 )
 from .data.layout import IMAGE_FOLDER, list_frames, read_guidance_frames, validate_video_dir
 
@@ -139,19 +139,16 @@ def write_video(frames: list[np.ndarray] | list[PIL.Image.Image], path: str | os
         frames = [PIL.Image.fromarray(frame) for frame in frames]  # export_to_video scales arrays by 255
     path = Path(path)
     created = missing_parents(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_file_beside(path, path.suffix or ".mp4")
+    temporary = None
     try:
-        export_to_video(frames, temporary, fps=fps)
-        os.replace(temporary, path)
+        with atomic_output(path, path.suffix or ".mp4") as temporary:
+            export_to_video(frames, temporary, fps=fps)
     except (OSError, ValueError, RuntimeError) as error:  # imageio / ffmpeg report a failed write with all three
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)
-        detail = str(error).replace(temporary, str(path))  # name the user's file, not the temporary one
+        # Name the user's file, not the temporary one.
+        detail = str(error) if temporary is None else str(error).replace(temporary, str(path))
         raise ValueError(f"--output {path}: could not write the video ({detail}).") from error
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
     return path
 
 

@@ -144,19 +144,27 @@ def temporary_file_beside(path: str | os.PathLike, suffix: str) -> str:
     return temporary
 
 
-def save_image_atomically(image: PIL.Image.Image, path: str | os.PathLike, **save_kwargs) -> Path:
-    """``image.save(path, **save_kwargs)`` through a temporary sibling renamed onto ``path``: a run stopped mid-write
-    leaves the previous file (or none), never half an image. Creates ``path``'s folder. Returns ``path``."""
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, suffix: str | None = None) -> Iterator[str]:
+    """Yield a new temporary file beside ``path`` (ending in ``suffix``, default ``path``'s own) to write; it is
+    renamed onto ``path`` when the block ends, and removed if the block raises: a run stopped mid-write leaves the
+    previous file (or none), never half of one. Creates ``path``'s folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_file_beside(path, path.suffix)
+    temporary = temporary_file_beside(path, path.suffix if suffix is None else suffix)
     try:
-        image.save(temporary, **save_kwargs)
+        yield temporary
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
-    return path
+
+
+def save_image_atomically(image: PIL.Image.Image, path: str | os.PathLike, **save_kwargs) -> Path:
+    """``image.save(path, **save_kwargs)`` through :func:`atomic_output`. Returns ``path``."""
+    with atomic_output(path) as temporary:
+        image.save(temporary, **save_kwargs)
+    return Path(path)
 
 
 def missing_parents(path: str | os.PathLike) -> Path | None:

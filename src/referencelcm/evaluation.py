@@ -27,14 +27,14 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .arguments import temporary_file_beside
+from .arguments import atomic_output
 from .data.layout import (
     IMAGE_FOLDER,
     MASK_FOLDER,
@@ -597,9 +597,21 @@ def score_video(generated: torch.Tensor, video: TestVideo, metrics: QualityMetri
     if video.original is not None:
         original = _nanmean(part_colour_errors(generated, video.original, video.labels, NUM_PARTS)["all"])
         appearance = scores["appearance_delta_e"]
-        ratio = appearance / original if original > 0 else (math.inf if appearance > 0 else math.nan)
-        scores.update(original_delta_e=original, swap_ratio=ratio)
+        scores.update(original_delta_e=original, swap_ratio=_swap(appearance, original))
     return scores
+
+
+def _swap(appearance: float, original: float) -> float:
+    return appearance / original if original > 0 else (math.inf if appearance > 0 else math.nan)
+
+
+def swap_ratio(per_video: Mapping[str, Sequence[float]]) -> float:
+    """A reenactment row's reference swap: the mean over its videos of the error to the reference's appearance
+    (``appearance_delta_e``) over the mean of the error to the motion video's own (``original_delta_e``), a ratio
+    of means (one hard video cannot dominate it as a mean of per-video ratios can). NaN without both lists."""
+    if "appearance_delta_e" not in per_video or "original_delta_e" not in per_video:
+        return math.nan
+    return _swap(float(np.nanmean(per_video["appearance_delta_e"])), float(np.nanmean(per_video["original_delta_e"])))
 
 
 def _nanmean(values: torch.Tensor) -> float:
@@ -645,6 +657,8 @@ def _row(
         retrieval = identity_retrieval(torch.stack(list(signatures)), gallery, torch.arange(len(videos)))
         per_video["retrieval"] = retrieval["correct"].double().tolist()
         row.update(retrieval=retrieval["accuracy"], retrieval_chance=retrieval["chance"])
+    if "swap_ratio" in row:  # the row's ratio of means, not the mean of its videos' ratios
+        row["swap_ratio"] = swap_ratio(per_video)
     row["per_video"] = per_video  # in ``videos`` order, for comparisons paired video by video (paired_difference)
     return row
 
@@ -885,23 +899,19 @@ def write_side_by_side(
     ground_truth = (video.ground_truth.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
     generated = (generated.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
     frames = np.concatenate([reference, ground_truth, generated], axis=2)
-    temporary = temporary_file_beside(path, path.suffix)
     try:
-        try:
-            from diffusers.utils import export_to_video
+        from diffusers.utils import export_to_video
 
+        with atomic_output(path) as temporary:
             export_to_video([frame.astype(np.float32) / 255.0 for frame in frames], temporary, fps=fps)
-        except Exception as error:  # no ffmpeg backend: fall back to an animated GIF
-            warnings.warn(f"mp4 export failed ({error}); writing a GIF instead.")
-            path = path.with_suffix(".gif")
-            images = [Image.fromarray(frame) for frame in frames]
+    except Exception as error:  # no ffmpeg backend: fall back to an animated GIF
+        warnings.warn(f"mp4 export failed ({error}); writing a GIF instead.")
+        path = path.with_suffix(".gif")
+        images = [Image.fromarray(frame) for frame in frames]
+        with atomic_output(path) as temporary:
             images[0].save(
                 temporary, format="GIF", save_all=True, append_images=images[1:], duration=1000 // fps, loop=0
             )
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
     return path
 
 
@@ -977,11 +987,8 @@ def format_appearance_table(rows: Sequence[dict[str, Any]]) -> str | None:
 
 def write_text_atomically(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to a hidden sibling, then rename it over ``path``: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".tmp-{path.name}")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    with atomic_output(path) as temporary:
+        Path(temporary).write_text(text, encoding="utf-8")
 
 
 def write_marked_section(path: str | os.PathLike, section: str, begin: str, end: str) -> None:
@@ -1079,10 +1086,9 @@ def write_plot(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path 
         axis.grid(alpha=0.3)
     axes[0][0].legend()
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".tmp-{path.name}")
-    figure.savefig(temporary, format="png", dpi=100)
-    plt.close(figure)
-    os.replace(temporary, path)
-    return path
+    try:
+        with atomic_output(path) as temporary:
+            figure.savefig(temporary, format="png", dpi=100)
+    finally:
+        plt.close(figure)
+    return Path(path)

@@ -7,7 +7,7 @@ A model "wears the reference" when, on identities it never saw in training:
 * its output is recognised among the split's identities by colour signature (retrieval ≥ :data:`RETRIEVAL_TARGETS`),
   for the teacher at its full steps and the student at its few;
 * on reenactment pairs (A's motion, B's reference) the error to B's appearance is at most :data:`SWAP_RATIO` of the
-  error to A's own (:func:`swap_ratio`: a ratio of means over pairs);
+  error to A's own (:func:`referencelcm.evaluation.swap_ratio`: a ratio of means over pairs);
 * the student at few steps is within :data:`STUDENT_TO_TEACHER` of the teacher at full steps (part ΔE and person L1),
   and beats the teacher at the same few steps on part ΔE by ≥ :data:`MIN_STANDARD_ERRORS` standard errors (paired).
 
@@ -22,7 +22,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .evaluation import IGNORES_REFERENCE, SELF_SPLIT, baseline_ratio, format_difference, paired_difference
+from .evaluation import (
+    IGNORES_REFERENCE,
+    SELF_SPLIT,
+    baseline_ratio,
+    format_difference,
+    paired_difference,
+    swap_ratio,
+)
 
 REENACT = "reenact"
 TEACHER_PART_RATIO = 0.5
@@ -67,16 +74,6 @@ def pool_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             merged["retrieval_chance"] = float(np.mean(chances))
         pooled.append(merged)
     return pooled
-
-
-def swap_ratio(row: dict[str, Any]) -> float:
-    """Mean error to the reference's appearance over mean error to the motion video's own (reenactment rows): below
-    1 the output follows the reference it was given. NaN for rows without both errors per video."""
-    per_video = row.get("per_video", {})
-    if "appearance_delta_e" not in per_video or "original_delta_e" not in per_video:
-        return math.nan
-    original = float(np.nanmean(per_video["original_delta_e"]))
-    return float(np.nanmean(per_video["appearance_delta_e"])) / original if original > 0 else math.nan
 
 
 def _find(rows: Sequence[dict[str, Any]], method: str, steps: int, split: str) -> dict[str, Any] | None:
@@ -125,7 +122,7 @@ def appearance_targets(
         if split == REENACT:
             for row in (teacher_most, student_row):
                 if row is not None:
-                    ratio = swap_ratio(row)
+                    ratio = swap_ratio(row.get("per_video", {}))
                     results.append(_target(
                         prefix + f"{row['method']} {row['steps']} steps, reference swap (ΔE to B ÷ ΔE to A)",
                         f"{ratio:.3f}", f"≤ {SWAP_RATIO:g}", None if math.isnan(ratio) else ratio <= SWAP_RATIO,
