@@ -520,6 +520,19 @@ def test_swap_ratio_is_a_ratio_of_means():
     assert math.isnan(swap_ratio({"appearance_delta_e": [1.0]}))
 
 
+def test_rows_pooled_over_splits_keep_the_swap_a_ratio_of_means():
+    from referencelcm.targets import pool_rows
+
+    def row(appearance: float, original: float) -> dict:
+        per_video = {"appearance_delta_e": [appearance], "original_delta_e": [original],
+                     "swap_ratio": [appearance / original]}
+        return {"method": "student", "steps": 4, "split": "reenact", "num_videos": 1, "per_video": per_video,
+                "swap_ratio": appearance / original}
+
+    (pooled,) = pool_rows([row(1.0, 9.0), row(3.0, 1.0)])
+    assert pooled["num_videos"] == 2 and pooled["swap_ratio"] == pytest.approx(0.4)
+
+
 @pytest.mark.parametrize("mode", ["truth", "original", "reference"])
 def test_reference_swap_and_spread_follow_what_the_output_wears(appearance_splits, mode):
     videos = appearance_splits["reenact"]

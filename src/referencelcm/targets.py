@@ -72,6 +72,8 @@ def pool_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         chances = [row["retrieval_chance"] for row in group if row.get("retrieval_chance") is not None]
         if chances:
             merged["retrieval_chance"] = float(np.mean(chances))
+        if "swap_ratio" in merged:  # pooled like a single split's row: a ratio of means
+            merged["swap_ratio"] = swap_ratio(per_video)
         pooled.append(merged)
     return pooled
 
