@@ -614,6 +614,16 @@ def swap_ratio(per_video: Mapping[str, Sequence[float]]) -> float:
     return _swap(float(np.nanmean(per_video["appearance_delta_e"])), float(np.nanmean(per_video["original_delta_e"])))
 
 
+def per_video_means(per_video: Mapping[str, Sequence[float]]) -> dict[str, float]:
+    """A row's scores from its ``per_video`` lists: each one's mean over the videos (NaN where every video's is NaN),
+    except the reference swap, a ratio of means (:func:`swap_ratio`). Rows pooled over splits use it too."""
+    means = {key: float(np.nanmean(values)) if not all(map(math.isnan, values)) else math.nan
+             for key, values in per_video.items()}
+    if "swap_ratio" in means:
+        means["swap_ratio"] = swap_ratio(per_video)
+    return means
+
+
 def _nanmean(values: torch.Tensor) -> float:
     finite = values[~values.isnan()]
     return finite.mean().item() if finite.numel() else math.nan
@@ -649,16 +659,13 @@ def _row(
         "split": videos[0].split if len({video.split for video in videos}) == 1 else "mixed",
         "num_videos": len(videos),
         "num_frames": sum(video.num_frames for video in videos),
-        **{key: float(np.nanmean(values)) if not all(map(math.isnan, values)) else math.nan
-           for key, values in per_video.items()},
+        **per_video_means(per_video),
     }
     if len(videos) > 1 and all(signature is not None for signature in signatures):
         gallery = torch.stack([_ground_truth_signature(video) for video in videos])
         retrieval = identity_retrieval(torch.stack(list(signatures)), gallery, torch.arange(len(videos)))
         per_video["retrieval"] = retrieval["correct"].double().tolist()
         row.update(retrieval=retrieval["accuracy"], retrieval_chance=retrieval["chance"])
-    if "swap_ratio" in row:  # the row's ratio of means, not the mean of its videos' ratios
-        row["swap_ratio"] = swap_ratio(per_video)
     row["per_video"] = per_video  # in ``videos`` order, for comparisons paired video by video (paired_difference)
     return row
 

@@ -28,6 +28,7 @@ from .evaluation import (
     baseline_ratio,
     format_difference,
     paired_difference,
+    per_video_means,
     swap_ratio,
 )
 
@@ -66,14 +67,11 @@ def pool_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             num_videos=sum(row["num_videos"] for row in group),
             num_frames=sum(row.get("num_frames", 0) for row in group),
             per_video=per_video,
-            **{key: float(np.nanmean(values)) if not all(map(math.isnan, values)) else math.nan
-               for key, values in per_video.items()},
+            **per_video_means(per_video),
         )
         chances = [row["retrieval_chance"] for row in group if row.get("retrieval_chance") is not None]
         if chances:
             merged["retrieval_chance"] = float(np.mean(chances))
-        if "swap_ratio" in merged:  # pooled like a single split's row: a ratio of means
-            merged["swap_ratio"] = swap_ratio(per_video)
         pooled.append(merged)
     return pooled
 
