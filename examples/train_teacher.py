@@ -117,6 +117,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "many times in the reconstruction loss.")
     add("--person_loss_weight", type=float, default=0.0, help="Stages image, video: the denoising loss counts each "
         "latent pixel 1 + this times the person's share of it (mask/ folder) as often.")
+    add("--image_embeds_dropout", type=float, default=0.0, help="Stages image, video: zero each sample's image "
+        "embedding (for both UNets) with this probability while keeping its reference tokens, so that the person's "
+        "appearance must also come through the reference UNet.")
     add("--learning_rate", type=float, default=None, help="Default 1e-4 (vae), 1e-3 (image_encoder), 1e-5 (image, "
         "video).")
     add("--train_batch_size", type=int, default=None, help="Default 64 (image_encoder), 4 (other stages).")
@@ -139,6 +142,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--vae_crop_size and --vae_person_weight are for --stage vae.")
     if args.person_loss_weight < 0:
         parser.error(f"--person_loss_weight must be >= 0, got {args.person_loss_weight}.")
+    if not 0 <= args.image_embeds_dropout <= 1:
+        parser.error(f"--image_embeds_dropout must be in [0, 1], got {args.image_embeds_dropout}.")
+    if args.image_embeds_dropout and args.stage not in ("image", "video"):
+        parser.error("--image_embeds_dropout is for --stage image and video.")
     if args.person_loss_weight and args.stage not in ("image", "video"):
         parser.error("--person_loss_weight is for --stage image and video (--vae_person_weight for stage vae).")
     if args.train_image_encoder and args.stage != "image":
@@ -218,7 +225,8 @@ def main(argv: list[str] | None = None) -> None:
         compute_loss = image_encoder_stage_loss(network, pipe.feature_extractor)
     else:
         config = TeacherConfig(uncond_ratio=args.uncond_ratio, snr_gamma=args.snr_gamma or None,
-                               noise_offset=args.noise_offset, person_weight=args.person_loss_weight)
+                               noise_offset=args.noise_offset, person_weight=args.person_loss_weight,
+                               image_embeds_dropout=args.image_embeds_dropout)
         models = TeacherModels(pipe.vae, pipe.image_encoder, pipe.reference_unet, pipe.denoising_unet,
                                pipe.guidance_encoder)
         compute_loss = TeacherTrainingStep(models, pipe.scheduler, config, network).step

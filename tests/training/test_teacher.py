@@ -404,3 +404,38 @@ def test_guidance_type_dropout_zeroes_a_type_like_leaving_it_out():
     # the random mask is drawn after everything else: same noise, timesteps and unconditional dropout as before
     assert torch.equal(sampled.timesteps, plain.timesteps) and torch.equal(sampled.drop_mask, plain.drop_mask)
     assert "guidance_type_drop_fraction" in sampled.terms
+
+
+def test_image_embeds_dropout_zeroes_the_embedding_for_both_unets_and_keeps_the_reference_tokens():
+    """A sample whose image embedding is dropped trains exactly what an image encoder giving zeros computes (the
+    R-UNet and the D-UNet both read zeros) with its reference tokens still there; the mask is drawn last."""
+    models, scheduler = make_models()
+    set_trainable(models, "image")
+    batch = make_batch()
+    keep = torch.zeros(BATCH_SIZE, dtype=bool)
+
+    def run(dropout: float, drop_mask: torch.Tensor | None = keep):
+        step = TeacherTrainingStep(models, scheduler, TeacherConfig(image_embeds_dropout=dropout))
+        with torch.no_grad():
+            return step.step(batch, torch.Generator().manual_seed(3), drop_mask=drop_mask)
+
+    plain, dropped = run(0.0), run(1.0)
+    assert "image_embeds_drop_fraction" not in plain.terms and dropped.terms["image_embeds_drop_fraction"] == 1.0
+    projection = models.image_encoder.visual_projection.weight
+    saved = projection.detach().clone()
+    with torch.no_grad():
+        projection.zero_()
+    try:
+        zero_embeds = run(0.0)
+    finally:
+        with torch.no_grad():
+            projection.copy_(saved)
+    torch.testing.assert_close(dropped.per_sample_loss, zero_embeds.per_sample_loss)
+    assert not torch.allclose(dropped.per_sample_loss, plain.per_sample_loss)
+    unconditional = run(0.0, torch.ones(BATCH_SIZE, dtype=bool))  # no embedding and no reference tokens
+    assert not torch.allclose(dropped.per_sample_loss, unconditional.per_sample_loss)
+    sampled_plain, sampled = run(0.0, None), run(0.5, None)
+    assert torch.equal(sampled.timesteps, sampled_plain.timesteps)
+    assert torch.equal(sampled.drop_mask, sampled_plain.drop_mask)
+    with pytest.raises(ValueError, match="image_embeds_dropout"):
+        TeacherConfig(image_embeds_dropout=1.5)

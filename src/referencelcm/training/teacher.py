@@ -16,7 +16,11 @@ Objective for a batch of ``B`` items (``x_0`` the VAE latents of the target fram
    guidance encoder with ``guidance_type_dropout`` P > 0 (``train_teacher.py --guidance_type_dropout``), each guidance
    type of each sample is also dropped with P, its features zeroed
    (:meth:`~referencelcm.models.guidance_encoder.MultiGuidanceEncoder.sample_drop_mask`), so that the model learns to
-   animate from any subset of its types.
+   animate from any subset of its types. With ``image_embeds_dropout`` Q > 0 (``--image_embeds_dropout``) each
+   sample's image embedding is also zeroed with Q for both UNets while its reference tokens stay: a sample without
+   the global embedding must take the person's appearance from the R-UNet's tokens, which a model trained with the
+   embedding always present leaves to the embedding (benchmarks/RESULTS.md: swapping the R-UNet's reference moved only
+   the background).
 4. Target per the scheduler's ``prediction_type``; for v-prediction ``v = sqrt(ᾱ_t)·ε − sqrt(1 − ᾱ_t)·x_0``
    (``scheduler.get_velocity``). Loss = mean over samples of ``w(t) · ‖output − target‖²`` with the min-SNR-γ weight
    ``w`` (:func:`min_snr_weights`; Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting").
@@ -106,13 +110,14 @@ def sample_drop_mask(
 
 
 def drop_conditions(
-    image_embeds: torch.Tensor, bank: ReferenceBank, drop_mask: torch.Tensor
-) -> tuple[torch.Tensor, ReferenceBank]:
-    """Zero the image embeddings ``(B, 1, D)`` of dropped samples and mark them "no reference" in the bank."""
+    image_embeds: torch.Tensor, bank: ReferenceBank | None, drop_mask: torch.Tensor
+) -> tuple[torch.Tensor, ReferenceBank | None]:
+    """Zero the image embeddings ``(B, 1, D)`` of dropped samples and mark them "no reference" in the bank (when
+    given; ``None`` drops the embeddings only)."""
     if drop_mask.shape != (image_embeds.shape[0],):
         raise ValueError(f"`drop_mask` must have shape ({image_embeds.shape[0]},), got {tuple(drop_mask.shape)}.")
     keep = (~drop_mask.to(torch.bool)).to(image_embeds.device, image_embeds.dtype).view(-1, 1, 1)
-    return image_embeds * keep, bank.with_drop(drop_mask.to(torch.bool))
+    return image_embeds * keep, None if bank is None else bank.with_drop(drop_mask.to(torch.bool))
 
 
 def person_weights(masks: torch.Tensor, latent_size: tuple[int, int], person_weight: float) -> torch.Tensor:
@@ -234,6 +239,7 @@ class TeacherConfig:
     snr_gamma: float | None = 5.0
     noise_offset: float = 0.05
     person_weight: float = 0.0  # > 0 needs the batch's mask maps (:func:`person_weights`)
+    image_embeds_dropout: float = 0.0  # zero the image embedding only, keeping the reference tokens
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.uncond_ratio <= 1.0:
@@ -244,6 +250,8 @@ class TeacherConfig:
             raise ValueError(f"`noise_offset` must be >= 0, got {self.noise_offset}.")
         if self.person_weight < 0:
             raise ValueError(f"`person_weight` must be >= 0, got {self.person_weight}.")
+        if not 0.0 <= self.image_embeds_dropout <= 1.0:
+            raise ValueError(f"`image_embeds_dropout` must be in [0, 1], got {self.image_embeds_dropout}.")
 
 
 @dataclass
@@ -300,13 +308,17 @@ class ReferenceNet(nn.Module):
         guidance: Mapping[str, torch.Tensor],
         drop_mask: torch.Tensor,
         guidance_drop_mask: torch.Tensor | None = None,
+        embeds_drop_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """D-UNet output ``(B, C, F, h, w)`` for ``x_t`` ``(B, C, F, h, w)``, reference latents ``(B, C, h, w)``,
         the reference's CLIP pixel values ``(B, 3, S, S)``, guidance ``{type: (B, 3, F, H, W)}``, the ``(B,)``
-        dropout mask and the ``(B, T)`` guidance-type dropout mask (``None``: every type kept)."""
+        dropout mask, the ``(B, T)`` guidance-type dropout mask (``None``: every type kept) and the ``(B,)``
+        image-embedding dropout mask (zeroed for both UNets, reference tokens kept; ``None``: none dropped)."""
         image_encoder, reference_unet = self.image_encoder, self.reference_unet
         with torch.set_grad_enabled(torch.is_grad_enabled() and _has_trainable(image_encoder)):
             image_embeds = image_encoder(clip_pixels.to(image_encoder.dtype)).image_embeds.unsqueeze(1)  # (B, 1, D)
+        if embeds_drop_mask is not None:
+            image_embeds, _ = drop_conditions(image_embeds, None, embeds_drop_mask)
         bank = ReferenceBank()
         with torch.set_grad_enabled(torch.is_grad_enabled() and _has_trainable(reference_unet)):
             reference_unet(  # t = 0 on the clean reference; its output sample is unused
@@ -394,10 +406,13 @@ class TeacherTrainingStep:
         guidance = {name: maps.to(device) for name, maps in batch["guidance"].items() if name != MASK_FOLDER}
         if guidance_drop_mask is None:  # None without guidance-type dropout (and then nothing is drawn)
             guidance_drop_mask = self.models.guidance_encoder.sample_drop_mask(batch_size, generator, device)
+        embeds_drop_mask = None  # drawn last, and only when on, so that runs without it keep their random stream
+        if config.image_embeds_dropout > 0:
+            embeds_drop_mask = sample_drop_mask(batch_size, config.image_embeds_dropout, generator, device)
 
         # 4. prediction, target, weighted loss
         output = self.network(noisy_latents, timesteps, reference_latents, clip_pixels, guidance, drop_mask,
-                              guidance_drop_mask).float()
+                              guidance_drop_mask, embeds_drop_mask).float()
         target = training_target(scheduler, latents, noise, timesteps)
         squared = (output - target).pow(2)
         if config.person_weight > 0:
@@ -416,6 +431,8 @@ class TeacherTrainingStep:
                  "uncond_fraction": drop_mask.float().mean().item()}
         if guidance_drop_mask is not None:
             terms["guidance_type_drop_fraction"] = guidance_drop_mask.float().mean().item()
+        if embeds_drop_mask is not None:
+            terms["image_embeds_drop_fraction"] = embeds_drop_mask.float().mean().item()
         return TeacherOutput(loss, terms, per_sample.detach(), timesteps, weights.detach(), drop_mask)
 
 
