@@ -65,8 +65,7 @@ PRESETS = {
         image_encoder=dict(max_train_steps=3000, train_batch_size=64, learning_rate=1e-3, lr_scheduler="cosine",
                            lr_warmup_steps=100),
         teacher_image=dict(max_train_steps=3000, train_batch_size=8, learning_rate=1e-3, lr_scheduler="cosine",
-                           lr_warmup_steps=100, person_loss_weight=8, guidance_type_dropout=0.1,
-                           image_embeds_dropout=0.5),
+                           lr_warmup_steps=100, person_loss_weight=8, guidance_type_dropout=0.1),
         teacher_video=dict(max_train_steps=400, train_batch_size=2, learning_rate=2e-4, person_loss_weight=8,
                            guidance_type_dropout=0.1),
         # Distillation learning rates: 1e-5 / 5e-6 (appendix C: 1e-6 on SD1.5-sized models). At 64 px, on a seed-1
