@@ -70,7 +70,8 @@ def test_evaluate_script_writes_report_table_plot_and_samples(tiny_setup):
     assert result.returncode == 0, result.stderr[-3000:]
 
     report = json.loads((output_dir / "report.json").read_text())
-    calibration = [("ground truth", None), ("VAE reconstruction", None), ("ignores the reference", None)]
+    calibration = [("ground truth", None), ("VAE reconstruction", None), ("ignores the reference", None),
+                   ("copies the reference frame", None)]
     models = [("teacher", 2), ("student", 1), ("student", 2)]
     assert [(row["split"], row["method"], row["steps"]) for row in report["rows"]] == [
         (split, method, steps) for split in ("self", "reenact") for method, steps in calibration + models
@@ -93,8 +94,9 @@ def test_evaluate_script_writes_report_table_plot_and_samples(tiny_setup):
             assert sample.parent == output_dir / "samples" / split and sample.stat().st_size > 0
             # reenactment pairs only: the swap ratio and the spread over --reference_frames references of B
             assert ("swap_ratio" in row) == ("reference_spread" in row) == (split == "reenact")
-        truth, vae, ignoring = [row for row in report["rows"] if row["split"] == split and row["steps"] is None]
+        truth, vae, ignoring, copying = [row for row in report["rows"] if row["split"] == split and row["steps"] is None]
         assert truth["part_delta_e"] == 0 and truth["retrieval"] == 1.0 and ignoring["part_ratio"] == 1.0
+        assert copying["part_ratio"] > 0
         assert vae["part_delta_e"] > 0  # the tiny random VAE is no identity
     assert not list((output_dir / "samples").rglob(".tmp-*"))
 
@@ -415,10 +417,16 @@ class _IdentityAutoencoder(torch.nn.Module):
 
 def test_calibration_rows_separate_truth_ceiling_and_ignoring(appearance_splits):
     videos = appearance_splits["test"]
-    truth, vae, ignoring = evaluation.calibration_rows(videos, _IdentityAutoencoder())
-    assert [row["method"] for row in (truth, vae, ignoring)] == [
-        evaluation.GROUND_TRUTH, evaluation.VAE_RECONSTRUCTION, evaluation.IGNORES_REFERENCE
+    truth, vae, ignoring, copying = evaluation.calibration_rows(videos, _IdentityAutoencoder())
+    assert [row["method"] for row in (truth, vae, ignoring, copying)] == [
+        evaluation.GROUND_TRUTH, evaluation.VAE_RECONSTRUCTION, evaluation.IGNORES_REFERENCE,
+        evaluation.COPIES_REFERENCE,
     ]
+    # the reference frame as every output: wrong where the person moved, exact for a video that stands still
+    assert copying["part_delta_e"] > 0 and copying["person_ssim"] < truth["person_ssim"]
+    still = [dataclasses.replace(video, ground_truth=torch.from_numpy(video.reference).permute(2, 0, 1)[None]
+                                 .float().div(255).repeat(video.num_frames, 1, 1, 1)) for video in videos]
+    assert evaluation.calibration_rows(still)[-1]["part_delta_e"] == 0
     assert truth["part_delta_e"] == 0 and truth["background_delta_e"] == 0 and truth["retrieval"] == 1.0
     assert vae["part_delta_e"] == pytest.approx(0, abs=1e-3) and vae["retrieval"] == 1.0  # a perfect autoencoder
     # Every video painted in the same split colours: retrieval is chance up to which parts each video shows.

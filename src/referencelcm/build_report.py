@@ -204,7 +204,8 @@ def results_markdown(report: dict, timings: dict[str, float], preset: Preset, co
         "identities, and on the reenactment split (video A's guidance, a frame of identity B as the reference, "
         "scored against A's motion in B's look) the swap ratio (ΔE to B ÷ ΔE to A's own look) and the spread of "
         f"the output over {preset.reference_frames} reference frames of B. The calibration rows come first: the "
-        "truth, the teacher's VAE alone (the ceiling), and the model that ignores the reference.",
+        "truth, the teacher's VAE alone (the ceiling), a model that ignores the reference and one that ignores the "
+        "pose (the reference frame as every output).",
         "",
         format_appearance_table([row for row in rows if row["method"] in (*TABLE3_METHODS, *ABLATION_NAMES,
                                                                            *SKELETON_METHODS)

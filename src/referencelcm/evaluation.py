@@ -6,8 +6,8 @@ frames, and scored against those remaining ``images`` frames. On a SynthDance re
 truth shows A's motion in B's appearance. SynthDance videos are also scored for appearance (:mod:`referencelcm.metrics`):
 person-region SSIM / PSNR / L1, per-part and background colour error (ΔE*ab), identity retrieval over the split, and
 on reenactment pairs the reference swap (error to B's appearance over error to A's own) and the spread of the output
-over several reference frames. ``calibration_rows`` scores the ground truth itself, the VAE's reconstruction and a
-model that ignores the reference, so every table shows what its numbers can reach.
+over several reference frames. ``calibration_rows`` scores the ground truth itself, the VAE's reconstruction, a
+model that ignores the reference and one that ignores the pose, so every table shows what its numbers can reach.
 ``evaluate_model`` returns one row per number of steps;
 ``write_report``, ``format_table`` and ``write_plot`` turn rows into ``report.json``, a Markdown table and a PNG;
 ``paired_difference`` compares two rows video by video (mean difference, its standard error, videos won);
@@ -85,10 +85,12 @@ METRIC_COLUMNS = (*QUALITY_COLUMNS, *APPEARANCE_COLUMNS, SPEED_COLUMN)
 SELF_SPLIT = "self"
 # The metrics a student row is compared on with its teacher, video by video (:func:`teacher_student_comparisons`).
 COMPARED_METRICS = ("ssim", "person_l1", "part_delta_e")
-# Calibration rows (:func:`calibration_rows`): what the metrics give for the truth, the VAE alone and no reference.
+# Calibration rows (:func:`calibration_rows`): what the metrics give for the truth, the VAE alone, no reference and no
+# pose.
 GROUND_TRUTH = "ground truth"
 VAE_RECONSTRUCTION = "VAE reconstruction"
 IGNORES_REFERENCE = "ignores the reference"
+COPIES_REFERENCE = "copies the reference frame"
 PLOTTED_METRICS = ("ssim", "psnr", "l1", "lpips", "fid", "fvd", "flicker", "person_l1", "part_delta_e",
                    "seconds_per_frame")
 SAMPLE_FPS = 8
@@ -704,6 +706,8 @@ def calibration_rows(videos: Sequence[TestVideo], vae: Any | None = None) -> lis
     * ``VAE reconstruction``: the true frames through ``vae`` alone (the ceiling of any model using that VAE);
     * ``ignores the reference``: every region of the true frames painted in the split's average colour of that region
       (:func:`split_mean_colours`): a model that gets pose and body right but ignores the reference (chance retrieval).
+    * ``copies the reference frame``: the reference image as every output frame, a model that ignores the pose. Where
+      the person moves little its colour errors are small: only the person-region metrics tell it from a model.
 
     Only for videos with regions (SynthDance). A reenactment split's ``swap_ratio`` is scored as for a model.
     """
@@ -714,6 +718,7 @@ def calibration_rows(videos: Sequence[TestVideo], vae: Any | None = None) -> lis
     if vae is not None:
         candidates.append((VAE_RECONSTRUCTION, lambda video: reconstruct_with_vae(vae, video.ground_truth)))
     candidates.append((IGNORES_REFERENCE, lambda video: paint_regions(video.labels, colours).float()))
+    candidates.append((COPIES_REFERENCE, lambda video: _to_tensor(video.reference[None]).expand_as(video.ground_truth)))
     rows = []
     for label, produce in candidates:
         outputs = [produce(video) for video in videos]

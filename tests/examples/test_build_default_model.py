@@ -84,7 +84,7 @@ def check_results(built: dict, script, ablation: bool = True) -> None:
         assert (compared in paired) == ablation
     appearance = text.split("### Appearance: does the output wear the reference?", 1)[1].split("###", 1)[0]
     for split in ("self", "reenact"):
-        for method in ("ground truth", "VAE reconstruction", "ignores the reference"):
+        for method in ("ground truth", "VAE reconstruction", "ignores the reference", "copies the reference frame"):
             assert f"| {method} | {split} | – | – |" in appearance
         assert (f"| {script.ABLATION[-1].name} | {split} | 2 | 1 |" in appearance) == ablation
     assert "| student, skeleton only | self | 2 | 1 |" in appearance
