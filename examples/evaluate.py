@@ -14,8 +14,8 @@ and ``--teacher_guidance_scale`` (3.5). LPIPS / FID / FVD run only when their lo
 
 On SynthDance data the table also measures appearance (person-region SSIM / L1, per-part and background ΔE, identity
 retrieval), headed by calibration rows (the ground truth, the student's VAE reconstruction, a model that ignores the
-reference, one that copies the reference frame), and the student's VAE is put through the autoencoder gate (``evaluation.autoencoder_gate``: person MAE and
-per-part colour error of its reconstruction). ``--reenact_data`` (``referencelcm synth --split reenact``) scores the
+reference, one that copies the reference frame), and the student's VAE is put through the autoencoder gate
+(``evaluation.autoencoder_gate``: person MAE and per-part colour error of its reconstruction). ``--reenact_data`` (``referencelcm synth --split reenact``) scores the
 same methods on cross-identity pairs as well, with the reference swap ratio and the output's spread over
 ``--reference_frames`` reference frames; comparisons are then made for SSIM, person L1 and part ΔE on each split.
 """
