@@ -21,7 +21,13 @@ import torch
 from referencelcm import ReferenceLCMPipeline
 from referencelcm.data.synthdance.body import PART_NAMES
 from referencelcm.diagnostics import reference_path_from
-from referencelcm.evaluation import generate_video, load_test_videos, split_mean_colours
+from referencelcm.evaluation import (
+    format_difference,
+    generate_video,
+    load_test_videos,
+    paired_difference,
+    split_mean_colours,
+)
 from referencelcm.metrics import paint_regions, part_colour_errors
 
 GROUPS = {
@@ -29,12 +35,12 @@ GROUPS = {
     "torso, arms": ("abdomen", "chest", "left_upper_arm", "right_upper_arm", "left_forearm", "right_forearm"),
     "head, neck, hands, feet": ("head", "neck", "left_hand", "right_hand", "left_foot", "right_foot"),
 }
-CALLS = (  # (row label, path, which image: "other" or None)
-    ("unchanged", None, None),
-    ("image embedding of another identity", "image_embeds", "other"),
-    ("R-UNet tokens of another identity", "reference_tokens", "other"),
-    ("zero image embedding", "image_embeds", None),
-    ("no R-UNet tokens", "reference_tokens", None),
+CALLS = (  # (row label, path, from the next video's reference: True; removed: False)
+    ("unchanged", None, False),
+    ("image embedding of another identity", "image_embeds", True),
+    ("R-UNet tokens of another identity", "reference_tokens", True),
+    ("zero image embedding", "image_embeds", False),
+    ("no R-UNet tokens", "reference_tokens", False),
 )
 
 
@@ -65,11 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     ignoring = []
     for index, video in enumerate(videos):
         other = videos[(index + 1) % len(videos)].reference
-        for label, path, image in CALLS:
+        for label, path, from_other in CALLS:
             if path is None:
                 frames, _ = generate_video(pipe, video, args.steps, args.guidance_scale, args.seed)
             else:
-                with reference_path_from(pipe, path, other if image == "other" else None):
+                with reference_path_from(pipe, path, other if from_other else None):
                     frames, _ = generate_video(pipe, video, args.steps, args.guidance_scale, args.seed)
             errors[label].append(part_colour_errors(frames, video.ground_truth, video.labels, len(PART_NAMES))
                                  ["regions"].nanmean(0))
@@ -84,17 +90,20 @@ def format_table(errors: dict[str, torch.Tensor], ignoring: torch.Tensor, args: 
     """Markdown table: one row per call, from per-video region errors ``(V, P + 1)`` (row P the background)."""
     parts = len(PART_NAMES)
     baseline = ignoring[:, :parts].nanmean(1).mean().item()
-    unchanged = errors[CALLS[0][0]][:, :parts].nanmean(1)
+
+    def row(label: str, regions: torch.Tensor) -> dict:  # a row as evaluate_model's, for paired_difference
+        return {"method": label, "steps": None, "per_video": {"part_delta_e": regions[:, :parts].nanmean(1).tolist()}}
+
+    unchanged = row(CALLS[0][0], errors[CALLS[0][0]])
     header = ["call", *GROUPS, "background", "parts (÷ ignoring)", "− unchanged (± SE)"]
-    lines = [f"{args.model}, {len(unchanged)} videos of {args.data}, {args.steps} steps, CFG {args.guidance_scale}",
+    lines = [f"{args.model}, {len(ignoring)} videos of {args.data}, {args.steps} steps, CFG {args.guidance_scale}",
              "", "| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
     for label, regions in [*errors.items(), ("ignores the reference", ignoring)]:
         per_video = regions[:, :parts].nanmean(1)
         cells = [f"{regions[:, [PART_NAMES.index(name) for name in names]].nanmean(1).nanmean().item():.1f}"
                  for names in GROUPS.values()]
-        difference = per_video - unchanged
-        paired = ("" if label == CALLS[0][0] else
-                  f"{difference.mean().item():+.2f} ± {difference.std().item() / len(difference) ** 0.5:.2f}")
+        paired = "" if label == CALLS[0][0] else format_difference(
+            paired_difference(row(label, regions), unchanged, "part_delta_e"))
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {regions[:, parts].nanmean().item():.1f} | "
                      f"{per_video.mean().item():.2f} ({per_video.mean().item() / baseline:.3f}) | {paired} |")
     return "\n".join(lines)

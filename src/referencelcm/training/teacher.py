@@ -109,15 +109,19 @@ def sample_drop_mask(
     return (torch.rand(batch_size, generator=generator, device=generator_device) < uncond_ratio).to(device)
 
 
-def drop_conditions(
-    image_embeds: torch.Tensor, bank: ReferenceBank | None, drop_mask: torch.Tensor
-) -> tuple[torch.Tensor, ReferenceBank | None]:
-    """Zero the image embeddings ``(B, 1, D)`` of dropped samples and mark them "no reference" in the bank (when
-    given; ``None`` drops the embeddings only)."""
+def drop_image_embeds(image_embeds: torch.Tensor, drop_mask: torch.Tensor) -> torch.Tensor:
+    """The image embeddings ``(B, 1, D)`` with those of the ``(B,)`` dropped samples zeroed."""
     if drop_mask.shape != (image_embeds.shape[0],):
         raise ValueError(f"`drop_mask` must have shape ({image_embeds.shape[0]},), got {tuple(drop_mask.shape)}.")
     keep = (~drop_mask.to(torch.bool)).to(image_embeds.device, image_embeds.dtype).view(-1, 1, 1)
-    return image_embeds * keep, None if bank is None else bank.with_drop(drop_mask.to(torch.bool))
+    return image_embeds * keep
+
+
+def drop_conditions(
+    image_embeds: torch.Tensor, bank: ReferenceBank, drop_mask: torch.Tensor
+) -> tuple[torch.Tensor, ReferenceBank]:
+    """Zero the image embeddings ``(B, 1, D)`` of dropped samples and mark them "no reference" in the bank."""
+    return drop_image_embeds(image_embeds, drop_mask), bank.with_drop(drop_mask.to(torch.bool))
 
 
 def person_weights(masks: torch.Tensor, latent_size: tuple[int, int], person_weight: float) -> torch.Tensor:
@@ -318,7 +322,7 @@ class ReferenceNet(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and _has_trainable(image_encoder)):
             image_embeds = image_encoder(clip_pixels.to(image_encoder.dtype)).image_embeds.unsqueeze(1)  # (B, 1, D)
         if embeds_drop_mask is not None:
-            image_embeds, _ = drop_conditions(image_embeds, None, embeds_drop_mask)
+            image_embeds = drop_image_embeds(image_embeds, embeds_drop_mask)
         bank = ReferenceBank()
         with torch.set_grad_enabled(torch.is_grad_enabled() and _has_trainable(reference_unet)):
             reference_unet(  # t = 0 on the clean reference; its output sample is unused
