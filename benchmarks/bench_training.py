@@ -58,7 +58,7 @@ def build_step(
     if phase == "spatial":
         teacher = spatial_unet_from_motion(teacher)
         # a new pipeline installs reference read processors and guidance injection on the 2-D D-UNet
-        pipe = ReferenceLCMPipeline(**{**pipe.components, "denoising_unet": teacher})
+        pipe = ReferenceLCMPipeline(**{**pipe.components, "denoising_unet": teacher}, **pipe.settings)
     pipe.to(device)
     student = copy.deepcopy(teacher).train().requires_grad_(True)
     target = copy.deepcopy(student).requires_grad_(False)

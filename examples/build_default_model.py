@@ -78,7 +78,7 @@ PRESETS = {
     # Toy sizes for the test suite: every stage runs, nothing is learnt.
     "smoke": Preset(
         resolution=32, train_videos=3, train_frames=6, test_videos=1, test_frames=4, clip_frames=3,
-        model_config=read_model_config("tiny.json"),
+        model_config={**read_model_config("tiny.json"), "reference_locality": 0.25},  # as the default: with the prior
         vae=dict(max_train_steps=2, train_batch_size=2, learning_rate=1e-3),
         # with guidance-type dropout, as the 128 px teacher: the evaluation's skeleton-only rows run
         teacher_image=dict(max_train_steps=2, train_batch_size=2, learning_rate=1e-4, guidance_type_dropout=0.1),

@@ -25,9 +25,6 @@ from tqdm.auto import tqdm
 
 from referencelcm import ReferenceLCMPipeline
 from referencelcm.arguments import run_main
-from referencelcm.models.injection import install_guidance_injection
-from referencelcm.models.motion import set_motion_norm_mode
-from referencelcm.models.reference_attention import install_reference_attention
 from referencelcm.pipelines.loading import check_pipeline_argument, load_pipeline
 from referencelcm.training.checkpointing import ModuleCheckpointHooks, step_generator
 from referencelcm.training.consistency import DDIMSolver
@@ -139,9 +136,7 @@ def build_unets(args, teacher: ReferenceLCMPipeline) -> tuple[torch.nn.Module, t
         else:  # phase-1 spatial weights + the teacher's motion modules
             student = motion_unet_with_spatial_weights(teacher_unet, student_source)
     for unet in (teacher_unet, student):
-        install_reference_attention(unet, "read")
-        install_guidance_injection(unet)
-        set_motion_norm_mode(unet, teacher.config.motion_norm_mode)
+        teacher.hook_denoising_unet(unet)
     return teacher_unet, student
 
 

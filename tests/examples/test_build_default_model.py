@@ -38,6 +38,8 @@ def check_shipped_models(built: dict) -> None:
     student = ReferenceLCMPipeline.from_pretrained(built["models"] / "student")
     assert isinstance(teacher.scheduler, DDIMScheduler) and isinstance(student.scheduler, LCMScheduler)
     assert isinstance(student.denoising_unet, UNetMotionModel)
+    # the preset's reference_locality reaches every stage: the teacher and the student distilled from it read with it
+    assert teacher.config.reference_locality == student.config.reference_locality == 0.25
     shipped = {entry.name for entry in (built["models"] / "student").iterdir()}
     assert "model_index.json" in shipped and not [name for name in shipped if name.startswith(("checkpoint-", "logs"))]
     assert absolute_paths_in(built["models"]) == []  # built from absolute work-dir paths, none of them shipped

@@ -1,11 +1,18 @@
 import logging
+import math
+from dataclasses import replace
 
 import pytest
 import torch
+from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 
 from referencelcm import ReferenceBank, install_reference_attention
 from referencelcm.models.injection import install_guidance_injection, run_denoising_unet
-from referencelcm.models.reference_attention import ReferenceAttentionHook, spatial_self_attention_names
+from referencelcm.models.reference_attention import (
+    ReferenceAttentionHook,
+    reference_locality_bias,
+    spatial_self_attention_names,
+)
 
 from ..conftest import build_components
 
@@ -145,3 +152,78 @@ def test_bank_concatenation_for_guidance():
     assert doubled.drop_mask().tolist() == [False, False, True, True]
     with pytest.raises(ValueError, match="drop"):
         bank.with_drop(torch.ones(3, dtype=torch.bool))
+
+
+# -- the locality prior ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("grid", [(4, 4), (2, 4)])
+def test_locality_bias_peaks_at_the_same_place_and_keeps_the_reference_mass(grid):
+    bias = reference_locality_bias(grid, grid, 0.2, torch.device("cpu"))
+    assert bias.shape == (grid[0] * grid[1],) * 2
+    assert torch.equal(bias.argmax(dim=-1), torch.arange(bias.shape[0]))
+    assert torch.allclose(bias.logsumexp(dim=-1), torch.full((bias.shape[0],), math.log(bias.shape[1])))
+    # distances in frame heights on both axes: the neighbour to the right is as far as the one below
+    assert bias[0, 1].item() == pytest.approx(bias[0, grid[1]].item(), abs=1e-5)
+    assert reference_locality_bias(grid, grid, 1e3, torch.device("cpu")).abs().max() < 1e-4  # σ → ∞: no prior
+    coarse = reference_locality_bias((2, 2), (4, 4), 0.2, torch.device("cpu"))  # grids of two sizes still align
+    assert coarse[0].topk(4).indices.sort().values.tolist() == [0, 1, 4, 5]
+
+
+def one_head_copier(width):
+    """An ``Attention`` whose content logits are 0 and whose values and output are the identity: it averages tokens
+    with the weights of its attention mask alone."""
+    attention = Attention(query_dim=width, heads=1, dim_head=width, bias=False, out_bias=False)
+    with torch.no_grad():
+        attention.to_q.weight.zero_()
+        attention.to_k.weight.zero_()
+        attention.to_v.weight.copy_(torch.eye(width))
+        attention.to_out[0].weight.copy_(torch.eye(width))
+    return attention
+
+
+@pytest.mark.parametrize("processor", [AttnProcessor2_0, AttnProcessor])
+def test_locality_reads_the_reference_at_the_same_place(processor):
+    attention = one_head_copier(3)
+    attention.set_processor(processor())
+    own, reference = torch.randn(2, 16, 3), torch.randn(2, 16, 3)
+    bank = ReferenceBank(tokens={"attn1": reference}, latent_size=(8, 8))  # 8 x 8 latents → a 4 x 4 token grid
+
+    def read(locality, drop=None):
+        hook = attention.register_forward_pre_hook(ReferenceAttentionHook("attn1", "read", locality), with_kwargs=True)
+        try:
+            with torch.no_grad():
+                return attention(own, reference_bank=bank.with_drop(drop))
+        finally:
+            hook.remove()
+
+    # Zero logits: half the mass on the own tokens (16 × e^0), half on the reference (its prior mass is also 16).
+    own_half = own.mean(dim=1, keepdim=True) / 2
+    assert torch.allclose(read(None), own_half + reference.mean(dim=1, keepdim=True) / 2, atol=1e-5)
+    assert torch.allclose(read(0.01), own_half + reference / 2, atol=1e-5)  # a narrow prior copies by position
+    dropped = read(0.01, torch.tensor([True, False]))
+    assert torch.allclose(dropped[0], own[0].mean(dim=0).expand(16, 3), atol=1e-5)  # no reference at all
+    assert torch.allclose(dropped[1], (own_half + reference / 2)[1], atol=1e-5)
+
+
+def test_locality_needs_the_latent_size_recorded_by_the_r_unet_and_a_matching_grid():
+    components = build_components(motion=False)
+    bank = write_bank(components["reference_unet"])
+    assert bank.latent_size == (4, 4)
+    unet = components["denoising_unet"]
+    install_reference_attention(unet, "read", locality=0.1)
+    with torch.no_grad():
+        local = run_denoising_unet(unet, reference_bank=bank, **denoising_inputs())
+        install_reference_attention(unet, "read")
+        plain = run_denoising_unet(unet, reference_bank=bank, **denoising_inputs())
+    assert not torch.allclose(local, plain, atol=1e-4)
+    install_reference_attention(unet, "read", locality=0.1)
+    with pytest.raises(ValueError, match="no `latent_size`"):
+        run_denoising_unet(unet, reference_bank=ReferenceBank(tokens=bank.tokens), **denoising_inputs())
+    with pytest.raises(ValueError, match="reference at the output's size"):
+        run_denoising_unet(unet, reference_bank=replace(bank, latent_size=(4, 8)), **denoising_inputs())
+    with pytest.raises(ValueError, match="an R-UNet only writes"):
+        install_reference_attention(components["reference_unet"], "write", locality=0.1)
+    for bad in (0, -1.0, float("inf"), "0.1", True):
+        with pytest.raises(ValueError, match="`reference_locality` must be None or a positive number"):
+            install_reference_attention(unet, "read", locality=bad)

@@ -1,3 +1,5 @@
+import copy
+import json
 from unittest import mock
 
 import numpy as np
@@ -6,6 +8,7 @@ import pytest
 import torch
 
 from referencelcm import ReferenceLCMPipeline
+from referencelcm.models.reference_attention import ReferenceAttentionHook
 from referencelcm.pipelines.context import context_windows
 
 from ..conftest import GUIDANCE_TYPES, build_components, make_inputs, randomize_guidance_encoder
@@ -358,6 +361,36 @@ def test_save_load_round_trip(tmp_path, pipe, inputs):
     assert loaded.config.motion_norm_mode == "frame"
     assert type(loaded.scheduler).__name__ == "LCMScheduler"
     assert np.array_equal(generate(loaded, inputs), expected)
+
+
+def locality_of(unet) -> set:
+    return {hook.locality for module in unet.modules() for hook in module._forward_pre_hooks.values()
+            if isinstance(hook, ReferenceAttentionHook) and hook.mode == "read"}
+
+
+def test_reference_locality_is_saved_reloaded_and_used(tmp_path, inputs):
+    components = build_components()
+    local = ReferenceLCMPipeline(**components, reference_locality=0.25)
+    local.set_progress_bar_config(disable=True)
+    assert local.settings == {"motion_norm_mode": "video", "reference_locality": 0.25}
+    assert locality_of(local.denoising_unet) == {0.25}
+    expected = generate(local, inputs)
+    local.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "model_index.json").read_text())["reference_locality"] == 0.25
+    loaded = ReferenceLCMPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.config.reference_locality == 0.25 and locality_of(loaded.denoising_unet) == {0.25}
+    assert np.array_equal(generate(loaded, inputs), expected)
+    assert np.array_equal(generate(loaded, inputs, height=32, width=64).shape, (1, 3, 32, 64, 3))  # other aspects
+
+    plain = ReferenceLCMPipeline(**components)  # the same weights without the prior
+    plain.set_progress_bar_config(disable=True)
+    assert plain.config.reference_locality is None and locality_of(plain.denoising_unet) == {None}
+    assert not np.allclose(generate(plain, inputs), expected, atol=1e-4)
+    student_unet = copy.deepcopy(components["denoising_unet"])
+    assert locality_of(local.hook_denoising_unet(student_unet)) == {0.25}  # e.g. a student trained outside
+    with pytest.raises(ValueError, match="`reference_locality` must be None or a positive number"):
+        ReferenceLCMPipeline(**components, reference_locality=-1)
 
 
 def test_hub_repo_id_is_downloaded_then_loaded_locally(tmp_path, pipe, inputs):

@@ -24,6 +24,7 @@ from referencelcm.training.teacher_stages import (
     teacher_pipeline,
     trainable_network,
 )
+from referencelcm.training.export import student_pipeline
 from referencelcm.training.teacher import ReferenceNet
 from referencelcm.training.unets import is_motion_key
 from referencelcm.training.vae import VAEReconstruction
@@ -55,6 +56,20 @@ def test_a_new_teacher_starts_with_equal_unets_a_2d_denoising_unet_and_ddim():
     pipe = teacher_pipeline("vae", model_config=TINY_CONFIG, seed=3)
     assert isinstance(pipe.scheduler, DDIMScheduler) and pipe.config.motion_norm_mode == "video"
     assert all(torch.equal(value, state(pipe.denoising_unet)[key]) for key, value in denoising.items())
+
+
+def test_reference_locality_comes_from_the_model_config_and_stays_through_the_stages(tmp_path):
+    sizes = json.loads(TINY_CONFIG.read_text())
+    (tmp_path / "local.json").write_text(json.dumps({**sizes, "reference_locality": 0.2}))
+    pipe = teacher_pipeline("vae", model_config=tmp_path / "local.json")
+    assert pipe.config.reference_locality == 0.2
+    pipe.save_pretrained(tmp_path / "vae")
+    image = teacher_pipeline("image", pretrained_model=str(tmp_path / "vae"))
+    video, _ = stage_pipeline(image, "video")
+    student = student_pipeline(video, video.denoising_unet)
+    assert image.config.reference_locality == video.config.reference_locality == 0.2
+    assert student.settings == video.settings == {"motion_norm_mode": "video", "reference_locality": 0.2}
+    assert teacher_pipeline("vae", model_config=TINY_CONFIG).config.reference_locality is None
 
 
 def test_new_motion_adapter_starts_as_the_image_model():

@@ -13,10 +13,17 @@ attention processor: the UNets keep stock processors, so diffusers' ``set_defaul
 reference tokens in as ``encoder_hidden_states``, exactly Champ's ``attn1(x, encoder_hidden_states=[x ; ref])``).
 Every spatial attention gets a hook (``attn2`` a plain one that drops the keyword), so diffusers never warns about an
 unexpected keyword. Motion modules keep theirs untouched: diffusers does not pass them the kwargs.
+
+Optionally (``locality``, the pipeline's ``reference_locality``; off for Champ weights) the read hooks add a Gaussian
+prior on *where* a D-UNet token looks in the reference: an additive attention bias that favours reference tokens
+near the same place in the frame, with the reference tokens' total prior mass unchanged
+(:func:`reference_locality_bias`). Plain reference attention learns no correspondence at the bundled model's scale
+(docs/design.md): every token reads the same average of the reference.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
@@ -35,10 +42,13 @@ class ReferenceBank:
         tokens: ``{name: (B, N, C)}``, ``N`` the layer's ``h * w``; written by the R-UNet's write hooks.
         drop: optional ``(B,)`` bool; ``True`` marks a sample that gets no reference (the unconditional branch of
             classifier-free guidance, or training-time dropout). Such samples see plain self-attention.
+        latent_size: ``(h, w)`` of the R-UNet's input latents, recorded by the R-UNet (the token grids of a
+            locality prior are derived from it).
     """
 
     tokens: dict[str, torch.Tensor] = field(default_factory=dict)
     drop: torch.Tensor | None = None
+    latent_size: tuple[int, int] | None = None
 
     @property
     def batch_size(self) -> int:
@@ -67,9 +77,11 @@ class ReferenceBank:
         names = set(banks[0].tokens)
         if any(set(bank.tokens) != names for bank in banks):
             raise ValueError("Cannot concatenate reference banks written by different R-UNets (layer names differ).")
+        if len({bank.latent_size for bank in banks}) > 1:
+            raise ValueError("Cannot concatenate reference banks of references of different sizes.")
         tokens = {name: torch.cat([bank.tokens[name] for bank in banks]) for name in banks[0].tokens}
         drop = torch.cat([bank.drop_mask() for bank in banks])
-        return cls(tokens=tokens, drop=drop)
+        return cls(tokens=tokens, drop=drop, latent_size=banks[0].latent_size)
 
 
 class ReferenceAttentionHook:
@@ -81,17 +93,18 @@ class ReferenceAttentionHook:
     - ``"write"`` (R-UNet ``attn1``): stores the layer's input ``(B, N, C)`` (the output of ``norm1``) in the bank.
     - ``"read"`` (D-UNet ``attn1``): passes ``encoder_hidden_states = [own ; reference]`` ``(B*F, N + M, C)``, the
       reference tokens broadcast to every frame, so the processor's ``to_k`` / ``to_v`` see both; samples the bank
-      drops get an additive mask ``(B*F, 1, N + M)`` of ``-inf`` on the reference part: plain self-attention.
+      drops get an additive mask ``(B*F, 1, N + M)`` of ``-inf`` on the reference part: plain self-attention. With
+      ``locality`` the mask is ``(B*F, N, N + M)`` and carries :func:`reference_locality_bias` on the reference part.
     - ``"plain"`` (every other spatial attention): only removes the keyword.
 
     The attention itself stays with whatever processor the module holds (``AttnProcessor2_0``, the default
     ``AttnProcessor`` of ``set_default_attn_processor()``, sliced, xformers, ...), so those calls keep the pathway.
     """
 
-    def __init__(self, name: str, mode: str = "plain") -> None:
+    def __init__(self, name: str, mode: str = "plain", locality: float | None = None) -> None:
         if mode not in HOOK_MODES:
             raise ValueError(f"`mode` must be one of {HOOK_MODES}, got {mode!r}.")
-        self.name, self.mode = name, mode
+        self.name, self.mode, self.locality = name, mode, check_locality(locality)
 
     def __call__(self, module: Attention, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         kwargs = dict(kwargs)
@@ -130,12 +143,68 @@ class ReferenceAttentionHook:
         num_frames = hidden_states.shape[0] // reference.shape[0]
         reference = reference.to(hidden_states.dtype).repeat_interleave(num_frames, dim=0)
         context = torch.cat([hidden_states, reference], dim=1)
-        if reference_bank.drop is None:
+        if reference_bank.drop is None and self.locality is None:
             return context, None
-        dropped = reference_bank.drop.to(hidden_states.device).repeat_interleave(num_frames).view(-1, 1, 1)
-        own_bias = hidden_states.new_zeros(context.shape[0], 1, hidden_states.shape[1])
-        reference_bias = hidden_states.new_zeros(context.shape[0], 1, reference.shape[1])
-        return context, torch.cat([own_bias, reference_bias.masked_fill(dropped, float("-inf"))], dim=-1)
+        rows, num_tokens, num_reference = context.shape[0], hidden_states.shape[1], reference.shape[1]
+        if self.locality is None:
+            reference_bias = hidden_states.new_zeros(1, 1, num_reference)
+        else:
+            reference_bias = reference_locality_bias(
+                token_grid(reference_bank.latent_size, num_tokens, self.name),
+                token_grid(reference_bank.latent_size, num_reference, self.name),
+                self.locality, hidden_states.device,
+            ).to(hidden_states.dtype)[None]
+        reference_bias = reference_bias.expand(rows, -1, -1)
+        if reference_bank.drop is not None:
+            dropped = reference_bank.drop.to(hidden_states.device).repeat_interleave(num_frames).view(-1, 1, 1)
+            reference_bias = reference_bias.masked_fill(dropped, float("-inf"))
+        own_bias = hidden_states.new_zeros(rows, reference_bias.shape[1], num_tokens)
+        return context, torch.cat([own_bias, reference_bias], dim=-1)
+
+
+def check_locality(locality: float | None) -> float | None:
+    """``locality`` as a float, or ``None``; a ``ValueError`` unless it is ``None`` or a positive finite number."""
+    if locality is None:
+        return None
+    if isinstance(locality, bool) or not isinstance(locality, (int, float)) or not 0 < locality < math.inf:
+        raise ValueError(f"`reference_locality` must be None or a positive number (a fraction of the frame height), "
+                         f"got {locality!r}.")
+    return float(locality)
+
+
+def token_grid(latent_size: tuple[int, int] | None, num_tokens: int, name: str) -> tuple[int, int]:
+    """The ``(h, w)`` token grid of ``num_tokens`` tokens of a UNet level whose input latents were ``latent_size``:
+    the UNet halves both sides per level, so ``h = H / f`` and ``w = W / f`` for one integer factor ``f``."""
+    if latent_size is None:
+        raise ValueError(f"Layer {name!r} has a reference locality prior but the reference bank has no `latent_size`; "
+                         "it is recorded by an R-UNet hooked by `install_reference_attention(unet, 'write')`.")
+    height, width = latent_size
+    factor = round(math.sqrt(height * width / num_tokens))
+    if factor < 1 or height % factor or width % factor or (height // factor) * (width // factor) != num_tokens:
+        raise ValueError(
+            f"Layer {name!r}: {num_tokens} tokens are no downsampled grid of the {height}x{width} reference latents; "
+            "a reference locality prior needs the reference at the output's size."
+        )
+    return height // factor, width // factor
+
+
+def reference_locality_bias(
+    query_grid: tuple[int, int], reference_grid: tuple[int, int], sigma: float, device: torch.device
+) -> torch.Tensor:
+    """Additive attention bias ``(N, M)`` (float32) of ``N = h * w`` query tokens over ``M`` reference tokens: the log
+    of a Gaussian kernel of standard deviation ``sigma`` (a fraction of the frame height) on the distance between
+    token centres, normalised per query so that ``sum_j exp(bias_ij) = M``. Uniform logits then keep the reference's
+    total attention mass (as without the bias) and only move it to the same place in the frame; ``sigma → ∞`` is
+    plain attention. Computed per call (``N × M`` distances: small beside the attention it biases)."""
+    def centres(grid: tuple[int, int]) -> torch.Tensor:
+        rows, columns = grid
+        y = (torch.arange(rows, device=device, dtype=torch.float32) + 0.5) / rows
+        x = (torch.arange(columns, device=device, dtype=torch.float32) + 0.5) / rows  # in frame heights, as y
+        return torch.stack(torch.meshgrid(y, x, indexing="ij"), dim=-1).reshape(-1, 2)
+
+    squared = torch.cdist(centres(query_grid), centres(reference_grid)).square()
+    log_kernel = -squared / (2 * sigma**2)
+    return log_kernel.log_softmax(dim=-1) + math.log(log_kernel.shape[-1])
 
 
 def _is_motion_attention(processor_name: str) -> bool:
@@ -152,31 +221,56 @@ def spatial_self_attention_names(unet: nn.Module) -> list[str]:
     return names
 
 
-def install_reference_attention(unet: nn.Module, mode: str) -> list[str]:
+def record_latent_size(unet: nn.Module, args: tuple, kwargs: dict) -> None:
+    """Forward pre-hook of an R-UNet: the bank it writes learns the ``(h, w)`` of its input latents."""
+    bank = (kwargs.get("cross_attention_kwargs") or {}).get("reference_bank")
+    if bank is not None:
+        sample = args[0] if args else kwargs["sample"]
+        bank.latent_size = tuple(sample.shape[-2:])
+
+
+def _remove_hooks(module: nn.Module, is_ours) -> None:
+    for key, hook in list(module._forward_pre_hooks.items()):
+        if is_ours(hook):
+            del module._forward_pre_hooks[key]
+            module._forward_pre_hooks_with_kwargs.pop(key, None)
+
+
+def install_reference_attention(unet: nn.Module, mode: str, locality: float | None = None) -> list[str]:
     """Hook the reference pathway into ``unet``: ``mode="write"`` for an R-UNet, ``"read"`` for a D-UNet.
 
     Spatial ``attn1`` layers get a :class:`ReferenceAttentionHook` of ``mode``, other spatial attentions a ``"plain"``
     one; motion modules are left alone (diffusers does not pass them ``cross_attention_kwargs``). Attention
     processors are not touched: ``set_attn_processor`` / ``set_default_attn_processor()`` / attention slicing /
     xformers change how attention is computed, not what it attends to. Works for ``UNet2DConditionModel`` and
-    ``UNetMotionModel``; idempotent (earlier hooks of this kind are replaced).
+    ``UNetMotionModel``; idempotent (earlier hooks of this kind are replaced). An R-UNet also records its input's
+    size in the bank (:func:`record_latent_size`).
+
+    Args:
+        locality: ``"read"`` only: the standard deviation, as a fraction of the frame height, of the Gaussian prior
+            on where each token looks in the reference (:func:`reference_locality_bias`); ``None``: none (Champ).
+            It costs an attention mask of ``(B*F*heads, N, 2N)`` per reading layer.
 
     Returns:
         The module names of the spatial ``attn1`` layers that write or read.
     """
     if mode not in ("write", "read"):
         raise ValueError(f"`mode` must be 'write' or 'read', got {mode!r}.")
+    if mode == "write" and locality is not None:
+        raise ValueError("`locality` is a setting of the reading (D-UNet) side; an R-UNet only writes.")
+    _remove_hooks(unet, lambda hook: hook is record_latent_size)
+    if mode == "write":
+        unet.register_forward_pre_hook(record_latent_size, with_kwargs=True)
     reference_layers = set(spatial_self_attention_names(unet))
     for processor_name in unet.attn_processors:
         if _is_motion_attention(processor_name):
             continue
         module_name = processor_name.removesuffix(".processor")
         module = unet.get_submodule(module_name)
-        for key, hook in list(module._forward_pre_hooks.items()):
-            if isinstance(hook, ReferenceAttentionHook):
-                del module._forward_pre_hooks[key]
-                module._forward_pre_hooks_with_kwargs.pop(key, None)
-        hook = ReferenceAttentionHook(module_name, mode if module_name in reference_layers else "plain")
+        _remove_hooks(module, lambda hook: isinstance(hook, ReferenceAttentionHook))
+        reads = mode == "read" and module_name in reference_layers
+        hook = ReferenceAttentionHook(module_name, mode if module_name in reference_layers else "plain",
+                                      locality if reads else None)
         module.register_forward_pre_hook(hook, with_kwargs=True)
     return sorted(reference_layers)
 

@@ -227,8 +227,9 @@ def build_motion_adapter(
     return adapter
 
 
-# The keys of a model config file (``examples/configs/*.json``): :func:`build_components`' arguments.
-MODEL_CONFIG_KEYS = tuple(inspect.signature(build_components).parameters)
+# The keys of a model config file (``examples/configs/*.json``): :func:`build_components`' arguments, and the
+# pipeline's ``reference_locality`` (a setting a teacher is trained with, not a component size).
+MODEL_CONFIG_KEYS = (*inspect.signature(build_components).parameters, "reference_locality")
 
 
 def load_model_config(path: str | os.PathLike, argument: str = "--model_config") -> dict:

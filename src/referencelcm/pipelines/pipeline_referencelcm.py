@@ -24,13 +24,20 @@ from ..models.guidance_encoder import MultiGuidanceEncoder
 from ..models.guidance_scale import guidance_condition
 from ..models.injection import install_guidance_injection, run_denoising_unet
 from ..models.motion import set_motion_norm_mode
-from ..models.reference_attention import ReferenceBank, check_reference_pairing, install_reference_attention
+from ..models.reference_attention import (
+    ReferenceBank,
+    check_locality,
+    check_reference_pairing,
+    install_reference_attention,
+)
 from .context import context_windows
 from .inputs import FramesInput, ImageInput, batch_items, guidance_to_tensors, reference_to_tensor, resize
 from .loading import check_pipeline_folder, loaded_components, looks_like_local_path
 from .pipeline_output import ReferenceLCMPipelineOutput
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+# ``__init__`` arguments that are settings, not components (``model_index.json`` keeps them; see ``settings``).
+PIPELINE_SETTINGS = ("motion_norm_mode", "reference_locality")
 
 
 class ReferenceLCMPipeline(DiffusionPipeline):
@@ -45,6 +52,10 @@ class ReferenceLCMPipeline(DiffusionPipeline):
     Args:
         motion_norm_mode: how the D-UNet's motion modules normalise: ``"video"`` (diffusers) or ``"frame"``
             (Champ / AnimateDiff v1-v2 weights). Stored in ``model_index.json`` and re-applied on load.
+        reference_locality: ``None`` (Champ) or the standard deviation, as a fraction of the frame height, of a
+            Gaussian prior on where each D-UNet token looks in the reference (an attention bias towards the same
+            place in the frame; ``models.reference_attention.reference_locality_bias``). A model trained with it
+            needs it at inference: stored in ``model_index.json`` and re-applied on load.
     """
 
     model_cpu_offload_seq = "image_encoder->reference_unet->guidance_encoder->denoising_unet->vae"
@@ -60,6 +71,7 @@ class ReferenceLCMPipeline(DiffusionPipeline):
         guidance_encoder: MultiGuidanceEncoder,
         scheduler: SchedulerMixin,
         motion_norm_mode: str = "video",
+        reference_locality: float | None = None,
     ) -> None:
         super().__init__()
         self.register_modules(
@@ -71,7 +83,9 @@ class ReferenceLCMPipeline(DiffusionPipeline):
             guidance_encoder=guidance_encoder,
             scheduler=scheduler,
         )
-        self.register_to_config(motion_norm_mode=motion_norm_mode)
+        self.register_to_config(
+            motion_norm_mode=motion_norm_mode, reference_locality=check_locality(reference_locality)
+        )
         self.vae_scale_factor = 2 ** (len(_vae_block_channels(vae)) - 1)
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor)
         self._check_components()
@@ -98,9 +112,21 @@ class ReferenceLCMPipeline(DiffusionPipeline):
         # Idempotent: re-run after anything that replaces modules or the motion norm mode. Attention processors are
         # not part of it: the reference pathway is a module hook that any processor keeps (reference_attention.py).
         install_reference_attention(self.reference_unet, "write")
-        install_reference_attention(self.denoising_unet, "read")
-        install_guidance_injection(self.denoising_unet)
-        set_motion_norm_mode(self.denoising_unet, self.config.motion_norm_mode)
+        self.hook_denoising_unet(self.denoising_unet)
+
+    def hook_denoising_unet(self, unet: torch.nn.Module) -> torch.nn.Module:
+        """Make ``unet`` a D-UNet of this pipeline's kind: reference reading (with ``reference_locality``), guidance
+        injection and ``motion_norm_mode``. For D-UNets that live outside the pipeline, e.g. a student in training."""
+        install_reference_attention(unet, "read", self.config.reference_locality)
+        install_guidance_injection(unet)
+        set_motion_norm_mode(unet, self.config.motion_norm_mode)
+        return unet
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The pipeline's own settings (``model_index.json`` entries that are not components), as ``__init__`` takes
+        them: a pipeline rebuilt from other components keeps them (``ReferenceLCMPipeline(**c, **pipe.settings)``)."""
+        return {name: self.config[name] for name in PIPELINE_SETTINGS}
 
     def enable_xformers_memory_efficient_attention(self, attention_op: Callable | None = None) -> None:
         """diffusers' xformers attention (``pip install 'referencelcm[xformers]'``); the reference pathway stays."""

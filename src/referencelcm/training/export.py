@@ -36,7 +36,7 @@ def student_pipeline(
         denoising_unet=student_unet,
         guidance_encoder=teacher.guidance_encoder,
         scheduler=student_lcm_scheduler_from_teacher(teacher.scheduler, num_ddim_timesteps, timestep_scaling),
-        motion_norm_mode=teacher.config.motion_norm_mode,
+        **teacher.settings,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe

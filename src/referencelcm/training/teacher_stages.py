@@ -138,25 +138,27 @@ def teacher_pipeline(
     (:func:`replace_from_folders`). The scheduler becomes DDIM on the saved (or Champ's) schedule."""
     if pretrained_model is not None:
         pipe = load_pipeline(pretrained_model, "--pretrained_model")
-        components, motion_norm_mode = dict(pipe.components), pipe.config.motion_norm_mode
+        components, settings = dict(pipe.components), pipe.settings
         unused = [key for key in stage_model_config(model_config) if not key.startswith("motion_")]
         if unused:
             logger.warning(f"--pretrained_model gives the components; --model_config keys {unused} are not used "
                            "(only motion_* keys apply, to a new motion adapter in stage video).")
     else:
-        components, motion_norm_mode = new_teacher_components(stage_model_config(model_config), seed), "video"
+        sizes = stage_model_config(model_config)
+        settings = {"motion_norm_mode": "video", "reference_locality": sizes.pop("reference_locality", None)}
+        components = new_teacher_components(sizes, seed)
     components = replace_from_folders(components, pretrained_unet_path, pretrained_vae_path, image_encoder_path)
     components["scheduler"] = DDIMScheduler.from_config(components["scheduler"].config)
     if pretrained_model is None and pretrained_vae_path is None and stage != "vae":
         logger.warning("No trained VAE given (--pretrained_vae_path or a --pretrained_model folder): the teacher "
                        "trains on a randomly initialised one. Run --stage vae first for a useful latent space.")
-    return ReferenceLCMPipeline(**components, motion_norm_mode=motion_norm_mode)
+    return ReferenceLCMPipeline(**components, **settings)
 
 
 def with_denoising_unet(pipe: ReferenceLCMPipeline, unet: torch.nn.Module) -> ReferenceLCMPipeline:
     """The same components with another D-UNet (reference hooks and guidance injection installed anew)."""
     components = dict(pipe.components, denoising_unet=unet)
-    return ReferenceLCMPipeline(**components, motion_norm_mode=pipe.config.motion_norm_mode)
+    return ReferenceLCMPipeline(**components, **pipe.settings)
 
 
 def inflate(
