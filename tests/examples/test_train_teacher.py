@@ -305,6 +305,9 @@ def test_shipped_default_config_has_the_bundled_teachers_sizes(script, tmp_path:
         differences = {key: (built[key], saved[key]) for key in saved.keys() & built.keys()
                        if not key.startswith("_") and key not in trained_or_metadata and built[key] != saved[key]}
         assert not differences, (name, differences)
+    # and the pipeline's own settings (model_index.json), e.g. the reference locality prior it was trained with
+    saved_index = json.loads((REPO / "models" / "teacher" / "model_index.json").read_text())
+    assert pipe.settings == {name: saved_index.get(name) for name in pipe.settings}
 
 
 def test_the_default_config_builds_32_by_32_latents_and_a_convolution_only_top_level(script, tmp_path: Path):
