@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -19,6 +21,13 @@ def pytest_configure(config) -> None:
     config.addinivalue_line(
         "markers", "packaging: builds and installs the wheel (about a minute); part of the default run, and of CI"
     )
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        # torch (and the scripts the tests start) take one thread per core by default: N workers on N cores would
+        # oversubscribe them, and waiting OpenMP threads spin. Each worker gets its share of the cores instead.
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
 
 
 def build_components(

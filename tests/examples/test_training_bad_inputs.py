@@ -44,7 +44,8 @@ def scripts() -> dict:
 
 
 def argv(flags: dict) -> list[str]:
-    return [str(part) for flag, value in flags.items() if value is not None for part in (flag, value)]
+    return [str(part) for flag, value in flags.items() if value is not None
+            for part in (flag, *(value if isinstance(value, tuple) else (value,)))]
 
 
 def copy(source: Path, destination: Path) -> Path:
@@ -109,6 +110,10 @@ COSEC_CASES = {
     "max_train_steps 0": ({"--max_train_steps": 0}, ValueError, ("--max_train_steps", "got 0")),
     "learning_rate nan": ({"--learning_rate": "nan"}, ValueError, ("--learning_rate", "finite")),
     "ema_decay above 1": ({"--ema_decay": 2}, ValueError, ("--ema_decay", "2.0")),
+    "reference crop scale reversed": ({"--reference_crop_scale": (0.9, 0.5)}, ValueError,
+                                      ("--reference_crop_scale", "0.9 0.5")),
+    "reference crop probability above 1": ({"--reference_crop_scale": (0.7, 1), "--reference_crop_probability": 2},
+                                           ValueError, ("--reference_crop_probability", "[0, 1]", "2.0")),
     "k of 0 references": ({"--num_equivalent_references": 0}, ValueError, ("--num_equivalent_references", "got 0")),
     "resume folder missing": ({"--resume_from_checkpoint": "checkpoint-7"}, FileNotFoundError,
                               ("--resume_from_checkpoint", "checkpoint-7")),
@@ -164,6 +169,10 @@ TEACHER_CASES = {
     "data dir missing": ({"--train_data_dir": "no-such-data"}, FileNotFoundError, ("--train_data_dir",)),
     "resolution 0": ({"--resolution": 0}, ValueError, ("--resolution", "got 0")),
     "uncond_ratio above 1": ({"--uncond_ratio": 2}, ValueError, ("--uncond_ratio", "[0, 1]")),
+    "reference crop scale above 1": ({"--reference_crop_scale": (0.5, 1.5)}, ValueError,
+                                     ("--reference_crop_scale", "0.5 1.5")),
+    "reference crop probability without a scale": ({"--reference_crop_probability": 0.5}, ValueError,
+                                                   ("--reference_crop_probability", "--reference_crop_scale")),
     "kl_weight inf": ({"--kl_weight": "inf"}, ValueError, ("--kl_weight", "finite")),
     "checkpoints_total_limit 0": ({"--checkpoints_total_limit": 0}, ValueError, ("--checkpoints_total_limit",)),
     "output_dir under a file": (_output_dir_under_a_file, ValueError, ("--output_dir", "notes.txt")),

@@ -206,6 +206,30 @@ def test_locality_reads_the_reference_at_the_same_place(processor):
     assert torch.allclose(dropped[1], (own_half + reference / 2)[1], atol=1e-5)
 
 
+def test_a_bank_computes_each_locality_prior_once(monkeypatch):
+    """The prior depends on the grid alone: a pipeline call (every step, every layer of a level, the CFG and dropped
+    banks derived from one bank) computes it once per level, and the cached prior gives the same output."""
+    from referencelcm.models import reference_attention
+
+    components = build_components(motion=False)
+    bank = write_bank(components["reference_unet"])
+    unet = components["denoising_unet"]
+    install_reference_attention(unet, "read", locality=0.1)
+    with torch.no_grad():
+        first = run_denoising_unet(unet, reference_bank=bank, **denoising_inputs())
+    levels = {key[1:3] for key in bank.locality_biases}
+    assert len(bank.locality_biases) == len(levels) >= 2  # one prior per (query, reference) grid
+    computed = []
+    monkeypatch.setattr(reference_attention, "reference_locality_bias",
+                        lambda *args: computed.append(args) or pytest.fail("recomputed"))
+    with torch.no_grad():
+        again = run_denoising_unet(unet, reference_bank=bank, **denoising_inputs())
+        run_denoising_unet(unet, reference_bank=bank.with_drop(torch.tensor([True, False])), **denoising_inputs())
+    assert torch.equal(first, again) and not computed
+    with pytest.raises(pytest.fail.Exception, match="recomputed"):  # a new bank computes its own
+        run_denoising_unet(unet, reference_bank=ReferenceBank.cat([bank]), **denoising_inputs())
+
+
 def test_locality_needs_the_latent_size_recorded_by_the_r_unet_and_a_matching_grid():
     components = build_components(motion=False)
     bank = write_bank(components["reference_unet"])

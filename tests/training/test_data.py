@@ -89,6 +89,42 @@ def test_uncropped_items_are_the_files_on_disk(synth_root):
     assert (semantic[:, ~torch.from_numpy(mask)] == 0).all() and (semantic.sum(0)[torch.from_numpy(mask)] > 0).all()
 
 
+def test_references_can_draw_a_crop_of_their_own(synth_root):
+    """``reference_crop_scale``: the references are cropped apart from target and guidance (the person moves between
+    them, as in reenactment). Whole-frame references (scale 1) beside half-frame targets are the files on disk; target
+    and guidance are those of the same item without the option."""
+    shared = ReferenceVideoDataset(synth_root, RESOLUTION, crop_scale=(0.5, 0.5), seed=0)
+    own = ReferenceVideoDataset(synth_root, RESOLUTION, crop_scale=(0.5, 0.5), reference_crop_scale=(1.0, 1.0),
+                                seed=0)
+    for index in (0, 7):
+        with_shared, with_own = shared[index], own[index]
+        assert torch.equal(with_shared["target"], with_own["target"])
+        for name in own.guidance_types:
+            assert torch.equal(with_shared["guidance"][name], with_own["guidance"][name])
+        assert torch.equal(with_shared["reference_indices"], with_own["reference_indices"])
+        video = synth_root / with_own["video_id"]
+        for row, frame in enumerate(with_own["reference_indices"].tolist()):
+            on_disk = torch.tensor(_read(video / "images" / f"{frame:04d}.png")).permute(2, 0, 1) / 127.5 - 1.0
+            torch.testing.assert_close(with_own["references"][row], on_disk.float(), atol=1e-6, rtol=0)
+            assert (with_shared["references"][row] - on_disk).abs().mean() > 0.05  # a half-frame crop, enlarged
+        assert not torch.equal(with_shared["reference_clip_pixels"], with_own["reference_clip_pixels"])
+    # reference_crop_probability: each item's references take their own crop or the target's, drawn per item
+    never = ReferenceVideoDataset(synth_root, RESOLUTION, crop_scale=(0.5, 0.5), reference_crop_scale=(1.0, 1.0),
+                                  reference_crop_probability=0.0, seed=0)
+    half = ReferenceVideoDataset(synth_root, RESOLUTION, crop_scale=(0.5, 0.5), reference_crop_scale=(1.0, 1.0),
+                                 reference_crop_probability=0.5, seed=0)
+    own_crops = []
+    for index in range(len(half)):
+        references, own_references = half[index]["references"], own[index]["references"]
+        assert torch.equal(never[index]["references"], shared[index]["references"])
+        assert torch.equal(references, shared[index]["references"]) or torch.equal(references, own_references)
+        own_crops.append(torch.equal(references, own_references))
+    assert 0 < sum(own_crops) < len(half)
+    whole = ReferenceVideoDataset(synth_root, RESOLUTION, random_crop=False, reference_crop_scale=(0.5, 0.5), seed=0)
+    assert torch.equal(whole[3]["references"], ReferenceVideoDataset(synth_root, RESOLUTION, random_crop=False,
+                                                                     seed=0)[3]["references"])
+
+
 def test_references_keep_the_minimum_gap_when_possible(long_root):
     dataset = ReferenceVideoDataset(long_root, 32, num_references=3, min_reference_gap=5, seed=0)
     for index in range(len(dataset)):
@@ -248,6 +284,9 @@ def test_bad_arguments_are_named(synth_root):
         ({"resolution": 32, "num_frames": 0}, "num_frames"),
         ({"resolution": 32, "num_references": -1}, "num_references"),
         ({"resolution": 32, "crop_scale": (0.5, 1.2)}, "crop_scale"),
+        ({"resolution": 32, "reference_crop_scale": (0.0, 0.5)}, "reference_crop_scale"),
+        ({"resolution": 32, "reference_crop_scale": (0.5, 1.0), "reference_crop_probability": -0.1},
+         "reference_crop_probability"),
         ({"resolution": 32, "guidance_types": "depth"}, "guidance_types"),
         ({"resolution": 32, "on_invalid": "ignore"}, "on_invalid"),
         ({"resolution": 32, "num_frames": 7}, "no usable"),
@@ -267,7 +306,8 @@ def test_the_vae_stage_loader_reads_whole_frames_and_their_masks(synth_root):
     from referencelcm.training.script_support import training_dataloader
 
     args = argparse.Namespace(train_data_dir=str(synth_root), resolution=RESOLUTION, num_frames=1, frame_stride=1,
-                              seed=0, train_batch_size=2, dataloader_num_workers=0, cache_frames=True)
+                              seed=0, train_batch_size=2, dataloader_num_workers=0, cache_frames=True,
+                              reference_crop_scale=None, reference_crop_probability=1.0)
     pipe = argparse.Namespace(guidance_types=CHAMP_GUIDANCE_TYPES,
                               feature_extractor=build_components()["feature_extractor"])
     dataset, _, dataloader = training_dataloader(args, pipe, 0, guidance_types=("mask",), random_crop=False)
@@ -280,3 +320,23 @@ def test_the_vae_stage_loader_reads_whole_frames_and_their_masks(synth_root):
         np.testing.assert_allclose(batch["target"][row, :, 0].permute(1, 2, 0).numpy(), target, atol=1e-6)
         mask = _read(video / "mask" / f"{frame:04d}.png")[..., 0] > 127
         assert torch.equal(batch["guidance"]["mask"][row, 0, 0] > 0.5, torch.from_numpy(mask))
+
+
+def test_reference_crop_scale_flag_reaches_the_dataset(synth_root, tmp_path):
+    """``--reference_crop_scale LOW HIGH`` (both training scripts' data flags) → the loader's dataset."""
+    import argparse
+
+    from referencelcm.pipelines.factory import build_components
+    from referencelcm.training.script_support import add_data_arguments, training_dataloader
+
+    parser = argparse.ArgumentParser()
+    add_data_arguments(parser)
+    args = parser.parse_args(["--train_data_dir", str(synth_root), "--resolution", "32",
+                              "--reference_crop_scale", "0.7", "1", "--reference_crop_probability", "0.5"])
+    assert parser.parse_args(["--train_data_dir", "x"]).reference_crop_scale is None
+    args = argparse.Namespace(**vars(args), num_frames=1, seed=0, train_batch_size=2, dataloader_num_workers=0,
+                              cache_frames=False)
+    pipe = argparse.Namespace(guidance_types=CHAMP_GUIDANCE_TYPES,
+                              feature_extractor=build_components()["feature_extractor"])
+    dataset, _, _ = training_dataloader(args, pipe, 1)
+    assert dataset.reference_crop_scale == (0.7, 1.0) and dataset.reference_crop_probability == 0.5

@@ -44,11 +44,15 @@ class ReferenceBank:
             classifier-free guidance, or training-time dropout). Such samples see plain self-attention.
         latent_size: ``(h, w)`` of the R-UNet's input latents, recorded by the R-UNet (the token grids of a
             locality prior are derived from it).
+        locality_biases: the locality priors ``(N, M)`` the reading layers computed, by grid, width and dtype: a bank
+            lives for a whole pipeline call (every step, every layer of a level reads it), so each is computed once.
+            Shared with the banks derived from this one (:meth:`with_drop`, :meth:`select`), which keep its grids.
     """
 
     tokens: dict[str, torch.Tensor] = field(default_factory=dict)
     drop: torch.Tensor | None = None
     latent_size: tuple[int, int] | None = None
+    locality_biases: dict[tuple, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def batch_size(self) -> int:
@@ -149,17 +153,29 @@ class ReferenceAttentionHook:
         if self.locality is None:
             reference_bias = hidden_states.new_zeros(1, 1, num_reference)
         else:
-            reference_bias = reference_locality_bias(
-                token_grid(reference_bank.latent_size, num_tokens, self.name),
-                token_grid(reference_bank.latent_size, num_reference, self.name),
-                self.locality, hidden_states.device,
-            ).to(hidden_states.dtype)[None]
+            reference_bias = self._locality_bias(reference_bank, num_tokens, num_reference, hidden_states)[None]
         reference_bias = reference_bias.expand(rows, -1, -1)
         if reference_bank.drop is not None:
             dropped = reference_bank.drop.to(hidden_states.device).repeat_interleave(num_frames).view(-1, 1, 1)
             reference_bias = reference_bias.masked_fill(dropped, float("-inf"))
         own_bias = hidden_states.new_zeros(rows, reference_bias.shape[1], num_tokens)
         return context, torch.cat([own_bias, reference_bias], dim=-1)
+
+    def _locality_bias(
+        self, reference_bank: ReferenceBank, num_tokens: int, num_reference: int, hidden_states: torch.Tensor
+    ) -> torch.Tensor:
+        """:func:`reference_locality_bias` ``(N, M)`` in ``hidden_states``' dtype, from the bank's cache."""
+        key = (reference_bank.latent_size, num_tokens, num_reference, self.locality, hidden_states.device,
+               hidden_states.dtype)
+        bias = reference_bank.locality_biases.get(key)
+        if bias is None:
+            bias = reference_locality_bias(
+                token_grid(reference_bank.latent_size, num_tokens, self.name),
+                token_grid(reference_bank.latent_size, num_reference, self.name),
+                self.locality, hidden_states.device,
+            ).to(hidden_states.dtype)
+            reference_bank.locality_biases[key] = bias
+        return bias
 
 
 def check_locality(locality: float | None) -> float | None:
@@ -195,7 +211,7 @@ def reference_locality_bias(
     of a Gaussian kernel of standard deviation ``sigma`` (a fraction of the frame height) on the distance between
     token centres, normalised per query so that ``sum_j exp(bias_ij) = M``. Uniform logits then keep the reference's
     total attention mass (as without the bias) and only move it to the same place in the frame; ``sigma → ∞`` is
-    plain attention. Computed per call (``N × M`` distances: small beside the attention it biases)."""
+    plain attention. The read hooks keep it on the :class:`ReferenceBank`, so a call computes it once per level."""
     def centres(grid: tuple[int, int]) -> torch.Tensor:
         rows, columns = grid
         y = (torch.arange(rows, device=device, dtype=torch.float32) + 0.5) / rows

@@ -52,6 +52,12 @@ def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
     return int(value)
 
 
+def _scale_range(name: str, value: Any) -> tuple[float, float]:
+    if len(value) != 2 or not 0.0 < float(value[0]) <= float(value[1]) <= 1.0:
+        raise ValueError(f"`{name}` must be (low, high) with 0 < low <= high <= 1, got {value!r}.")
+    return float(value[0]), float(value[1])
+
+
 def _size_pair(resolution: int | Sequence[int]) -> tuple[int, int]:
     if isinstance(resolution, (int, np.integer)) and not isinstance(resolution, bool):
         resolution = (resolution, resolution)
@@ -79,6 +85,13 @@ class ReferenceVideoDataset(Dataset):
         min_reference_gap: references are at least this many frames from every target frame where possible.
         crop_scale: ``(low, high)`` side fraction of the largest crop with the output's aspect ratio; one random crop
             per item is applied to target, guidance and references alike, then resized to ``resolution``.
+        reference_crop_scale: ``None`` (default): the references share the item's crop, so the person stands at the
+            same place and size in reference and target, as within one clip. ``(low, high)``: the references draw a
+            crop of their own with this scale range, so the person moves and changes size between reference and
+            target, as when a reference animates another video's motion (reenactment). Only with ``random_crop``.
+        reference_crop_probability: the share of items whose references get a crop of their own (with
+            ``reference_crop_scale``); the others share the target's, so the model learns both to copy the reference
+            where it stands and to find the person where it moved.
         random_crop: ``False`` takes the centred largest crop (evaluation).
         clip_image_processor: a ``transformers.CLIPImageProcessor`` for ``reference_clip_pixels``; ``None`` uses the
             built-in equivalent (shortest side to ``clip_resolution``, bicubic, centre crop, CLIP mean/std).
@@ -106,6 +119,8 @@ class ReferenceVideoDataset(Dataset):
         guidance_types: Sequence[str] | None = None,
         min_reference_gap: int = 4,
         crop_scale: tuple[float, float] = (0.85, 1.0),
+        reference_crop_scale: tuple[float, float] | None = None,
+        reference_crop_probability: float = 1.0,
         random_crop: bool = True,
         clip_image_processor: Any | None = None,
         clip_resolution: int = 224,
@@ -120,12 +135,13 @@ class ReferenceVideoDataset(Dataset):
         self.min_reference_gap = _positive_int("min_reference_gap", min_reference_gap, minimum=0)
         self.clip_resolution = _positive_int("clip_resolution", clip_resolution)
         self.guidance_types = self._check_guidance_types(guidance_types)
-        if (
-            len(crop_scale) != 2
-            or not 0.0 < float(crop_scale[0]) <= float(crop_scale[1]) <= 1.0
-        ):
-            raise ValueError(f"`crop_scale` must be (low, high) with 0 < low <= high <= 1, got {crop_scale!r}.")
-        self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
+        self.crop_scale = _scale_range("crop_scale", crop_scale)
+        self.reference_crop_scale = (
+            None if reference_crop_scale is None else _scale_range("reference_crop_scale", reference_crop_scale)
+        )
+        if not 0.0 <= reference_crop_probability <= 1.0:
+            raise ValueError(f"`reference_crop_probability` must be in [0, 1], got {reference_crop_probability!r}.")
+        self.reference_crop_probability = float(reference_crop_probability)
         self.random_crop = bool(random_crop)
         if on_invalid not in ON_INVALID:
             raise ValueError(f"`on_invalid` must be one of {ON_INVALID}, got {on_invalid!r}.")
@@ -225,12 +241,15 @@ class ReferenceVideoDataset(Dataset):
         return np.resize(ordered, self.num_references)
 
     # ------------------------------------------------------------------ loading
-    def _crop_box(self, rng: np.random.Generator, height: int, width: int) -> tuple[int, int, int, int]:
-        """``(top, left, crop_height, crop_width)`` with the output aspect ratio."""
+    def _crop_box(
+        self, rng: np.random.Generator, height: int, width: int, crop_scale: tuple[float, float] | None = None
+    ) -> tuple[int, int, int, int]:
+        """``(top, left, crop_height, crop_width)`` with the output aspect ratio, its side ``crop_scale`` (default
+        the dataset's) of the largest such crop."""
         out_height, out_width = self.resolution
         aspect = out_width / out_height
         full_height, full_width = (height, height * aspect) if width / height > aspect else (width / aspect, width)
-        scale = rng.uniform(*self.crop_scale) if self.random_crop else 1.0
+        scale = rng.uniform(*(crop_scale or self.crop_scale)) if self.random_crop else 1.0
         crop_height = max(1, min(height, round(full_height * scale)))
         crop_width = max(1, min(width, round(full_width * scale)))
         if self.random_crop:
@@ -316,11 +335,20 @@ class ReferenceVideoDataset(Dataset):
                 )
 
         box = self._crop_box(rng, *targets.shape[1:3])
-        # One crop and one resize for all maps: (F + k + F·G, 3, h, w).
-        frames = self._crop_resize(np.concatenate([targets, references, *guidance.values()]), box)
-        target, reference_frames, guidance_frames = frames.split(
-            [self.num_frames, self.num_references, self.num_frames * len(guidance)]
+        reference_box = box
+        if self.reference_crop_scale is not None and self.random_crop and self.num_references:
+            own_box = self._crop_box(rng, *targets.shape[1:3], self.reference_crop_scale)  # drawn always: same RNG
+            if rng.random() < self.reference_crop_probability:
+                reference_box = own_box
+        # One crop and one resize for all maps that share it: (F + F·G [+ k], 3, h, w).
+        own_crop = reference_box is not box
+        frames = self._crop_resize(np.concatenate([targets, *guidance.values(), *([] if own_crop else [references])]),
+                                   box)
+        target, guidance_frames, reference_frames = frames.split(
+            [self.num_frames, self.num_frames * len(guidance), 0 if own_crop else self.num_references]
         )
+        if own_crop:
+            reference_frames = self._crop_resize(references, reference_box)
         return {
             "target": rearrange(target * 2.0 - 1.0, "f c h w -> c f h w"),
             "guidance": {
@@ -328,7 +356,7 @@ class ReferenceVideoDataset(Dataset):
                 for name, maps in zip(guidance, guidance_frames.split(self.num_frames))
             },
             "references": reference_frames * 2.0 - 1.0,
-            "reference_clip_pixels": self._clip_pixels(references, box),
+            "reference_clip_pixels": self._clip_pixels(references, reference_box),
             "source_id": source,
             "frame_indices": torch.as_tensor(frame_indices, dtype=torch.long),
             "reference_indices": torch.as_tensor(reference_indices, dtype=torch.long),

@@ -44,10 +44,16 @@ PUSH_IGNORE_PATTERNS = ("checkpoint-*", ".*", "{logging_dir}/*", "validation/*")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--train_data_dir``, ``--resolution``, ``--frame_stride``."""
+    """``--train_data_dir``, ``--resolution``, ``--frame_stride``, ``--reference_crop_scale``."""
     parser.add_argument("--train_data_dir", required=True, help="Champ-layout root (e.g. `referencelcm synth`).")
     parser.add_argument("--resolution", type=int, default=512)
     parser.add_argument("--frame_stride", type=int, default=1)
+    parser.add_argument("--reference_crop_scale", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                        help="References get a random crop of their own (side LOW..HIGH of the largest), so the "
+                        "person moves and changes size between reference and target, as in reenactment; default: "
+                        "the target's crop.")
+    parser.add_argument("--reference_crop_probability", type=float, default=1.0,
+                        help="With --reference_crop_scale: the share of items whose references get their own crop.")
 
 
 def add_run_arguments(
@@ -91,10 +97,20 @@ def fill_defaults(args: argparse.Namespace, defaults: Mapping[str, Any]) -> argp
 
 def check_numbers(args: argparse.Namespace, at_least_one: Sequence[str], non_negative: Sequence[str] = ()) -> None:
     """Every float argument finite; those named in ``at_least_one`` >= 1 and in ``non_negative`` >= 0 (``None``, "not
-    given", passes). Errors name the flag (``--max_train_steps must be >= 1, got 0.``)."""
+    given", passes); ``--reference_crop_scale`` a scale range and ``--reference_crop_probability`` in [0, 1]. Errors name the flag (``--max_train_steps must be >= 1,
+    got 0.``)."""
     for name, value in vars(args).items():
         if isinstance(value, float):
             check_finite(f"--{name}", value)
+    scale = getattr(args, "reference_crop_scale", None)
+    if scale is not None and not 0 < scale[0] <= scale[1] <= 1:
+        raise ValueError(f"--reference_crop_scale must be LOW HIGH with 0 < LOW <= HIGH <= 1, got "
+                         f"{' '.join(map(str, scale))}.")
+    probability = getattr(args, "reference_crop_probability", 1.0)
+    if not 0 <= probability <= 1:
+        raise ValueError(f"--reference_crop_probability must be in [0, 1], got {probability}.")
+    if probability != 1.0 and scale is None:
+        raise ValueError("--reference_crop_probability needs --reference_crop_scale (the crops it chooses between).")
     for name in at_least_one:
         check_at_least(f"--{name}", getattr(args, name), 1)
     for name in non_negative:
@@ -144,7 +160,8 @@ def training_dataloader(
             args.train_data_dir, args.resolution, num_frames=args.num_frames, frame_stride=args.frame_stride,
             num_references=num_references, guidance_types=guidance_types or pipe.guidance_types,
             clip_image_processor=pipe.feature_extractor, seed=args.seed, random_crop=random_crop,
-            cache_images=args.cache_frames,
+            reference_crop_scale=args.reference_crop_scale,
+            reference_crop_probability=args.reference_crop_probability, cache_images=args.cache_frames,
         )
     sampler = MultiSourceBatchSampler(dataset, args.train_batch_size, seed=args.seed, drop_last=True)
     dataloader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_reference_batch,
