@@ -337,7 +337,8 @@ class ReferenceVideoDataset(Dataset):
         box = self._crop_box(rng, *targets.shape[1:3])
         reference_box = box
         if self.reference_crop_scale is not None and self.random_crop and self.num_references:
-            own_box = self._crop_box(rng, *targets.shape[1:3], self.reference_crop_scale)  # drawn always: same RNG
+            # drawn after the target's box, so that the option leaves targets and guidance as they were
+            own_box = self._crop_box(rng, *targets.shape[1:3], self.reference_crop_scale)
             if rng.random() < self.reference_crop_probability:
                 reference_box = own_box
         # One crop and one resize for all maps that share it: (F + F·G [+ k], 3, h, w).

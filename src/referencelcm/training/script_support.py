@@ -44,7 +44,8 @@ PUSH_IGNORE_PATTERNS = ("checkpoint-*", ".*", "{logging_dir}/*", "validation/*")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--train_data_dir``, ``--resolution``, ``--frame_stride``, ``--reference_crop_scale``."""
+    """``--train_data_dir``, ``--resolution``, ``--frame_stride``, ``--reference_crop_scale``,
+    ``--reference_crop_probability``."""
     parser.add_argument("--train_data_dir", required=True, help="Champ-layout root (e.g. `referencelcm synth`).")
     parser.add_argument("--resolution", type=int, default=512)
     parser.add_argument("--frame_stride", type=int, default=1)
@@ -97,8 +98,8 @@ def fill_defaults(args: argparse.Namespace, defaults: Mapping[str, Any]) -> argp
 
 def check_numbers(args: argparse.Namespace, at_least_one: Sequence[str], non_negative: Sequence[str] = ()) -> None:
     """Every float argument finite; those named in ``at_least_one`` >= 1 and in ``non_negative`` >= 0 (``None``, "not
-    given", passes); ``--reference_crop_scale`` a scale range and ``--reference_crop_probability`` in [0, 1]. Errors name the flag (``--max_train_steps must be >= 1,
-    got 0.``)."""
+    given", passes); ``--reference_crop_scale`` a scale range, ``--reference_crop_probability`` in [0, 1] and only
+    with it. Errors name the flag (``--max_train_steps must be >= 1, got 0.``)."""
     for name, value in vars(args).items():
         if isinstance(value, float):
             check_finite(f"--{name}", value)
