@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from referencelcm import ReferenceLCMPipeline
+from referencelcm import MultiGuidanceEncoder, ReferenceLCMPipeline
 from referencelcm.pipelines import factory
 from referencelcm.pipelines.factory import TEACHER_SCHEDULER_CONFIG  # noqa: F401  (re-exported for tests)
 

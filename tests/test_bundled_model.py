@@ -89,15 +89,6 @@ def test_bundled_student_wears_the_reference(student, demo, demo_output, other_r
     assert own < APPEARANCE_RATIO_CEILING * sum(others) / len(others), (own, others)
 
 
-def test_reference_appearance_is_carried_over(student, demo, demo_output):
-    """The same guidance with another character's reference gives a different video (the reference is used)."""
-    other = load_test_videos(ASSETS, sorted(GUIDANCE_TYPES))[0]
-    other.reference = torch.flip(torch.from_numpy(demo.reference), dims=(-1,)).roll(7, dims=-1).numpy()
-    video = demo_output
-    changed, _ = generate_video(student, other, num_inference_steps=4, guidance_scale=1.0, seed=0)
-    assert (video - changed).abs().mean() > 0.01
-
-
 def test_bundled_vae_carries_the_appearance(student, demo, tmp_path):
     """Encode → decode alone (no diffusion) keeps the person's part colours: the shipped VAE passes the autoencoder
     gate on SynthDance test identities it never saw, at the bundled resolution."""

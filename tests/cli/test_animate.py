@@ -9,7 +9,6 @@ import imageio
 import imageio.v3 as iio
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from referencelcm import ReferenceLCMPipeline
