@@ -341,15 +341,10 @@ class ReferenceVideoDataset(Dataset):
             own_box = self._crop_box(rng, *targets.shape[1:3], self.reference_crop_scale)
             if rng.random() < self.reference_crop_probability:
                 reference_box = own_box
-        # One crop and one resize for all maps that share it: (F + F·G [+ k], 3, h, w).
-        own_crop = reference_box is not box
-        frames = self._crop_resize(np.concatenate([targets, *guidance.values(), *([] if own_crop else [references])]),
-                                   box)
-        target, guidance_frames, reference_frames = frames.split(
-            [self.num_frames, self.num_frames * len(guidance), 0 if own_crop else self.num_references]
-        )
-        if own_crop:
-            reference_frames = self._crop_resize(references, reference_box)
+        # One crop and one resize for the targets and all their guidance maps: (F + F·G, 3, h, w).
+        frames = self._crop_resize(np.concatenate([targets, *guidance.values()]), box)
+        target, guidance_frames = frames.split([self.num_frames, self.num_frames * len(guidance)])
+        reference_frames = self._crop_resize(references, reference_box)
         return {
             "target": rearrange(target * 2.0 - 1.0, "f c h w -> c f h w"),
             "guidance": {
