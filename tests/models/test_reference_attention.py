@@ -246,6 +246,43 @@ def test_locality_needs_the_latent_size_recorded_by_the_r_unet_and_a_matching_gr
         run_denoising_unet(unet, reference_bank=replace(bank, latent_size=(4, 8)), **denoising_inputs())
     with pytest.raises(ValueError, match="an R-UNet only writes"):
         install_reference_attention(components["reference_unet"], "write", locality=0.1)
-    for bad in (0, -1.0, float("inf"), "0.1", True):
-        with pytest.raises(ValueError, match="`reference_locality` must be None or a positive number"):
+    for bad in (0, -1.0, float("inf"), "0.1", True, {"mid_block": -1.0}, {"mid_block": {"attentions": 0.1}}):
+        with pytest.raises(ValueError, match="`reference_locality` must be None, a positive number"):
+            install_reference_attention(unet, "read", locality=bad)
+
+
+def read_localities(unet) -> dict[str, float | None]:
+    return {name: hook.locality for name, module in unet.named_modules() for hook in module._forward_pre_hooks.values()
+            if isinstance(hook, ReferenceAttentionHook) and hook.mode == "read"}
+
+
+def test_locality_per_layer_takes_the_longest_matching_prefix_and_leaves_other_layers_free():
+    components = build_components(motion=False)
+    bank = write_bank(components["reference_unet"])
+    unet = components["denoising_unet"]
+    install_reference_attention(unet, "read", locality={"up_blocks.1": 0.1, "up_blocks.1.attentions.1": 0.3})
+    assert read_localities(unet) == {
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn1": None,
+        "up_blocks.1.attentions.0.transformer_blocks.0.attn1": 0.1,
+        "up_blocks.1.attentions.1.transformer_blocks.0.attn1": 0.3,
+        "mid_block.attentions.0.transformer_blocks.0.attn1": None,
+    }
+    with torch.no_grad():
+        per_layer = run_denoising_unet(unet, reference_bank=bank, **denoising_inputs())
+        install_reference_attention(unet, "read", locality=0.1)
+        everywhere = run_denoising_unet(unet, reference_bank=bank, **denoising_inputs())
+        install_reference_attention(unet, "read", locality={"down_blocks": 0.1, "up_blocks": 0.1, "mid_block": 0.1})
+        by_prefixes = run_denoising_unet(unet, reference_bank=bank, **denoising_inputs())
+        install_reference_attention(unet, "read", locality={"mid_block": None})  # a mapping of None is no prior
+        free = run_denoising_unet(unet, reference_bank=bank, **denoising_inputs())
+        install_reference_attention(unet, "read")
+        plain = run_denoising_unet(unet, reference_bank=bank, **denoising_inputs())
+    assert torch.equal(by_prefixes, everywhere) and torch.equal(free, plain)
+    assert not torch.allclose(per_layer, everywhere, atol=1e-4) and not torch.allclose(per_layer, plain, atol=1e-4)
+    # a key that names no reading layer is a typo, not a way to turn the prior off: "up_blocks.1.att" is no module
+    for bad in ({"up_block.1": 0.1}, {"up_blocks.1.att": 0.1}):
+        with pytest.raises(ValueError, match=r"keys \[.*\] match no spatial self-attention layer"):
+            install_reference_attention(unet, "read", locality=bad)
+    for bad in ({"": 0.1}, {".up_blocks": 0.1}, {1: 0.1}):
+        with pytest.raises(ValueError, match="keys must be module-name prefixes"):
             install_reference_attention(unet, "read", locality=bad)

@@ -12,6 +12,7 @@ from referencelcm.models.reference_attention import ReferenceAttentionHook
 from referencelcm.pipelines.context import context_windows
 
 from ..conftest import GUIDANCE_TYPES, build_components, make_inputs, randomize_guidance_encoder
+from .test_pipeline_common import captured_diffusers_log
 
 
 def make_pipe(**kwargs) -> ReferenceLCMPipeline:
@@ -389,8 +390,30 @@ def test_reference_locality_is_saved_reloaded_and_used(tmp_path, inputs):
     assert not np.allclose(generate(plain, inputs), expected, atol=1e-4)
     student_unet = copy.deepcopy(components["denoising_unet"])
     assert locality_of(local.hook_denoising_unet(student_unet)) == {0.25}  # e.g. a student trained outside
-    with pytest.raises(ValueError, match="`reference_locality` must be None or a positive number"):
+    with pytest.raises(ValueError, match="`reference_locality` must be None, a positive number"):
         ReferenceLCMPipeline(**components, reference_locality=-1)
+
+
+def test_reference_locality_per_layer_is_saved_reloaded_and_used(tmp_path, inputs):
+    components = build_components()
+    per_layer = {"up_blocks.1": 0.25, "mid_block": None}
+    local = ReferenceLCMPipeline(**components, reference_locality=per_layer)
+    local.set_progress_bar_config(disable=True)
+    assert locality_of(local.denoising_unet) == {0.25, None}
+    expected = generate(local, inputs)
+    local.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "model_index.json").read_text())["reference_locality"] == per_layer
+    with captured_diffusers_log() as messages:  # diffusers checks the config's types against __init__'s annotation
+        loaded = ReferenceLCMPipeline.from_pretrained(tmp_path)
+    assert not [message for message in messages if "Expected types for reference_locality" in message]
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.config.reference_locality == per_layer and loaded.settings["reference_locality"] == per_layer
+    assert np.array_equal(generate(loaded, inputs), expected)
+    everywhere = ReferenceLCMPipeline(**components, reference_locality=0.25)
+    everywhere.set_progress_bar_config(disable=True)
+    assert not np.allclose(generate(everywhere, inputs), expected, atol=1e-4)
+    with pytest.raises(ValueError, match="match no spatial self-attention layer"):
+        ReferenceLCMPipeline(**components, reference_locality={"up_block.1": 0.25})
 
 
 def test_hub_repo_id_is_downloaded_then_loaded_locally(tmp_path, pipe, inputs):

@@ -108,7 +108,7 @@ class ReferenceAttentionHook:
     def __init__(self, name: str, mode: str = "plain", locality: float | None = None) -> None:
         if mode not in HOOK_MODES:
             raise ValueError(f"`mode` must be one of {HOOK_MODES}, got {mode!r}.")
-        self.name, self.mode, self.locality = name, mode, check_locality(locality)
+        self.name, self.mode, self.locality = name, mode, _check_sigma(locality)
 
     def __call__(self, module: Attention, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         kwargs = dict(kwargs)
@@ -178,14 +178,41 @@ class ReferenceAttentionHook:
         return bias
 
 
-def check_locality(locality: float | None) -> float | None:
-    """``locality`` as a float, or ``None``; a ``ValueError`` unless it is ``None`` or a positive finite number."""
+Locality = float | dict[str, float | None] | None
+
+
+def check_locality(locality: Locality) -> Locality:
+    """``locality`` validated: ``None``, a positive finite number (every reading layer), or a mapping from module-name
+    prefixes (``"down_blocks.1"``, ``"mid_block"``) to a positive number or ``None`` (per layer: the longest matching
+    prefix wins, a layer that no prefix matches gets no prior; :func:`layer_locality`). A ``ValueError`` otherwise."""
+    if isinstance(locality, dict):
+        return {_check_prefix(prefix): _check_sigma(value) for prefix, value in locality.items()}
+    return _check_sigma(locality)
+
+
+def _check_sigma(locality) -> float | None:
     if locality is None:
         return None
     if isinstance(locality, bool) or not isinstance(locality, (int, float)) or not 0 < locality < math.inf:
-        raise ValueError(f"`reference_locality` must be None or a positive number (a fraction of the frame height), "
-                         f"got {locality!r}.")
+        raise ValueError(f"`reference_locality` must be None, a positive number (a fraction of the frame height) or "
+                         f"a mapping from layer-name prefixes to those, got {locality!r}.")
     return float(locality)
+
+
+def _check_prefix(prefix) -> str:
+    if not isinstance(prefix, str) or not prefix or prefix.startswith(".") or prefix.endswith("."):
+        raise ValueError(f"`reference_locality` keys must be module-name prefixes such as 'down_blocks.1', "
+                         f"got {prefix!r}.")
+    return prefix
+
+
+def layer_locality(locality: Locality, name: str) -> float | None:
+    """The prior's σ for the reading layer ``name`` under a :func:`check_locality` setting: the number itself, or for a
+    mapping the value of the longest key that is ``name`` or a dotted prefix of it (``None`` if no key is)."""
+    if not isinstance(locality, dict):
+        return locality
+    matches = [prefix for prefix in locality if name == prefix or name.startswith(prefix + ".")]
+    return locality[max(matches, key=len)] if matches else None
 
 
 def token_grid(latent_size: tuple[int, int] | None, num_tokens: int, name: str) -> tuple[int, int]:
@@ -252,7 +279,7 @@ def _remove_hooks(module: nn.Module, is_ours) -> None:
             module._forward_pre_hooks_with_kwargs.pop(key, None)
 
 
-def install_reference_attention(unet: nn.Module, mode: str, locality: float | None = None) -> list[str]:
+def install_reference_attention(unet: nn.Module, mode: str, locality: Locality = None) -> list[str]:
     """Hook the reference pathway into ``unet``: ``mode="write"`` for an R-UNet, ``"read"`` for a D-UNet.
 
     Spatial ``attn1`` layers get a :class:`ReferenceAttentionHook` of ``mode``, other spatial attentions a ``"plain"``
@@ -264,8 +291,9 @@ def install_reference_attention(unet: nn.Module, mode: str, locality: float | No
 
     Args:
         locality: ``"read"`` only: the standard deviation, as a fraction of the frame height, of the Gaussian prior
-            on where each token looks in the reference (:func:`reference_locality_bias`); ``None``: none (Champ).
-            It costs an attention mask of ``(B*F*heads, N, 2N)`` per reading layer.
+            on where each token looks in the reference (:func:`reference_locality_bias`); ``None``: none (Champ);
+            or per layer, a mapping from module-name prefixes to those (:func:`layer_locality`; each key must match
+            a reading layer). It costs an attention mask of ``(B*F*heads, N, 2N)`` per reading layer that has it.
 
     Returns:
         The module names of the spatial ``attn1`` layers that write or read.
@@ -274,10 +302,16 @@ def install_reference_attention(unet: nn.Module, mode: str, locality: float | No
         raise ValueError(f"`mode` must be 'write' or 'read', got {mode!r}.")
     if mode == "write" and locality is not None:
         raise ValueError("`locality` is a setting of the reading (D-UNet) side; an R-UNet only writes.")
+    locality = check_locality(locality)
+    reference_layers = set(spatial_self_attention_names(unet))
+    prefixes = locality if isinstance(locality, dict) else {}
+    unmatched = [key for key in prefixes if not any(layer_locality({key: 1.0}, name) for name in reference_layers)]
+    if unmatched:
+        raise ValueError(f"`reference_locality` keys {unmatched} match no spatial self-attention layer of the D-UNet "
+                         f"(its layers: {sorted(reference_layers)}).")
     _remove_hooks(unet, lambda hook: hook is record_latent_size)
     if mode == "write":
         unet.register_forward_pre_hook(record_latent_size, with_kwargs=True)
-    reference_layers = set(spatial_self_attention_names(unet))
     for processor_name in unet.attn_processors:
         if _is_motion_attention(processor_name):
             continue
@@ -286,7 +320,7 @@ def install_reference_attention(unet: nn.Module, mode: str, locality: float | No
         _remove_hooks(module, lambda hook: isinstance(hook, ReferenceAttentionHook))
         reads = mode == "read" and module_name in reference_layers
         hook = ReferenceAttentionHook(module_name, mode if module_name in reference_layers else "plain",
-                                      locality if reads else None)
+                                      layer_locality(locality, module_name) if reads else None)
         module.register_forward_pre_hook(hook, with_kwargs=True)
     return sorted(reference_layers)
 

@@ -7,7 +7,7 @@ import math
 import numbers
 import operator
 import os
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, LCMScheduler, UNet2DConditionModel
@@ -54,8 +54,10 @@ class ReferenceLCMPipeline(DiffusionPipeline):
             (Champ / AnimateDiff v1-v2 weights). Stored in ``model_index.json`` and re-applied on load.
         reference_locality: ``None`` (Champ) or the standard deviation, as a fraction of the frame height, of a
             Gaussian prior on where each D-UNet token looks in the reference (an attention bias towards the same
-            place in the frame; ``models.reference_attention.reference_locality_bias``). A model trained with it
-            needs it at inference: stored in ``model_index.json`` and re-applied on load.
+            place in the frame; ``models.reference_attention.reference_locality_bias``), or per reading layer a
+            mapping from module-name prefixes to those, e.g. ``{"down_blocks.1": 0.08, "up_blocks.2": 0.08}`` (the
+            longest matching prefix wins; other layers read without the prior). A model trained with it needs it
+            at inference: stored in ``model_index.json`` and re-applied on load.
     """
 
     model_cpu_offload_seq = "image_encoder->reference_unet->guidance_encoder->denoising_unet->vae"
@@ -71,7 +73,8 @@ class ReferenceLCMPipeline(DiffusionPipeline):
         guidance_encoder: MultiGuidanceEncoder,
         scheduler: SchedulerMixin,
         motion_norm_mode: str = "video",
-        reference_locality: float | None = None,
+        # Optional, not `| None`, inside: diffusers' load-time type check unpacks only typing.Union there.
+        reference_locality: float | dict[str, Optional[float]] | None = None,
     ) -> None:
         super().__init__()
         self.register_modules(
