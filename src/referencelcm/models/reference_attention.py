@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from diffusers.models.attention_processor import Attention
@@ -178,7 +178,9 @@ class ReferenceAttentionHook:
         return bias
 
 
-Locality = float | dict[str, float | None] | None
+# Optional, not `| None`, inside the mapping: diffusers' load-time type check of pipeline configs unpacks only
+# typing.Union there (ReferenceLCMPipeline annotates `reference_locality` with this).
+Locality = float | dict[str, Optional[float]] | None
 
 
 def check_locality(locality: Locality) -> Locality:
@@ -211,8 +213,12 @@ def layer_locality(locality: Locality, name: str) -> float | None:
     mapping the value of the longest key that is ``name`` or a dotted prefix of it (``None`` if no key is)."""
     if not isinstance(locality, dict):
         return locality
-    matches = [prefix for prefix in locality if name == prefix or name.startswith(prefix + ".")]
+    matches = [prefix for prefix in locality if _prefix_matches(prefix, name)]
     return locality[max(matches, key=len)] if matches else None
+
+
+def _prefix_matches(prefix: str, name: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
 
 
 def token_grid(latent_size: tuple[int, int] | None, num_tokens: int, name: str) -> tuple[int, int]:
@@ -305,7 +311,7 @@ def install_reference_attention(unet: nn.Module, mode: str, locality: Locality =
     locality = check_locality(locality)
     reference_layers = set(spatial_self_attention_names(unet))
     prefixes = locality if isinstance(locality, dict) else {}
-    unmatched = [key for key in prefixes if not any(layer_locality({key: 1.0}, name) for name in reference_layers)]
+    unmatched = [key for key in prefixes if not any(_prefix_matches(key, name) for name in reference_layers)]
     if unmatched:
         raise ValueError(f"`reference_locality` keys {unmatched} match no spatial self-attention layer of the D-UNet "
                          f"(its layers: {sorted(reference_layers)}).")

@@ -7,7 +7,7 @@ import math
 import numbers
 import operator
 import os
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, LCMScheduler, UNet2DConditionModel
@@ -25,6 +25,7 @@ from ..models.guidance_scale import guidance_condition
 from ..models.injection import install_guidance_injection, run_denoising_unet
 from ..models.motion import set_motion_norm_mode
 from ..models.reference_attention import (
+    Locality,
     ReferenceBank,
     check_locality,
     check_reference_pairing,
@@ -73,8 +74,7 @@ class ReferenceLCMPipeline(DiffusionPipeline):
         guidance_encoder: MultiGuidanceEncoder,
         scheduler: SchedulerMixin,
         motion_norm_mode: str = "video",
-        # Optional, not `| None`, inside: diffusers' load-time type check unpacks only typing.Union there.
-        reference_locality: float | dict[str, Optional[float]] | None = None,
+        reference_locality: Locality = None,
     ) -> None:
         super().__init__()
         self.register_modules(
