@@ -27,7 +27,7 @@ from pathlib import Path
 
 from referencelcm.arguments import run_main
 from referencelcm.build_report import evaluate_build, results_markdown, write_results_section
-from referencelcm.evaluation import write_text_atomically
+from referencelcm.arguments import write_text_atomically
 from referencelcm.training.build import (
     ABLATION,
     SHIPPED_ENTRIES,

@@ -167,6 +167,12 @@ def save_image_atomically(image: PIL.Image.Image, path: str | os.PathLike, **sav
     return Path(path)
 
 
+def write_text_atomically(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) through :func:`atomic_output`: readers never see half a file."""
+    with atomic_output(path) as temporary:
+        Path(temporary).write_text(text, encoding="utf-8")
+
+
 def missing_parents(path: str | os.PathLike) -> Path | None:
     """The outermost missing ancestor folder of ``path`` (what writing ``path`` will create), or ``None``."""
     missing = None

@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .arguments import atomic_output
+from .arguments import atomic_output, write_text_atomically
 from .data.layout import (
     IMAGE_FOLDER,
     MASK_FOLDER,
@@ -995,12 +995,6 @@ def format_appearance_table(rows: Sequence[dict[str, Any]]) -> str | None:
     rows = [{**row, "part_ratio": baseline_ratio(rows, row)} for row in rows]
     rows.sort(key=lambda row: row["steps"] is not None)  # calibration rows (no steps) first, stable otherwise
     return _table(rows, APPEARANCE_COLUMNS)
-
-
-def write_text_atomically(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to a hidden sibling, then rename it over ``path``: readers never see half a file."""
-    with atomic_output(path) as temporary:
-        Path(temporary).write_text(text, encoding="utf-8")
 
 
 def write_marked_section(path: str | os.PathLike, section: str, begin: str, end: str) -> None:

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..evaluation import PROBE_MAX_RATIO, write_text_atomically
+from ..arguments import write_text_atomically
+from ..evaluation import PROBE_MAX_RATIO
 
 # Timing names of the stages that train the teacher; a work dir resumed from a finished teacher has none of them.
 TEACHER_STAGES = ("VAE", "image encoder", "teacher, image stage", "teacher, video stage")

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ...arguments import write_text_atomically
 from ..layout import INDEX_FILE, META_FILE
 from .appearance import SPLITS, Appearance, Background, Identity, Lighting, clothing_pairs
 from .body import BodyPoses, BodyShape, forward_kinematics
@@ -252,9 +253,7 @@ def frame_file_name(frame: int, num_frames: int) -> str:
 
 
 def _write_json(path: Path, content: dict) -> None:
-    temporary = path.with_name(f"{_TEMPORARY_PREFIX}{path.name}")
-    temporary.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
+    write_text_atomically(path, json.dumps(content, indent=2, sort_keys=True) + "\n")
 
 
 def _is_complete(video_dir: Path, meta: dict) -> bool:
