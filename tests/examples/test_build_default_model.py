@@ -120,8 +120,14 @@ def test_smoke_build_ships_models_demo_and_tables_then_resumes(script, tmp_path,
     timings = json.loads((built["work"] / "timings.json").read_text())
     # The image stage started from the image-encoder stage's output, whose encoder it keeps.
     assert "image encoder" in timings and script.is_complete(built["work"] / "image_encoder")
-    logged = json.loads((built["work"] / "teacher_image" / "logs" / "config.json").read_text())
-    assert logged["pretrained_model"] == str(built["work"] / "image_encoder")
+    def started_from(stage: str) -> str:
+        return json.loads((built["work"] / stage / "logs" / "config.json").read_text())["pretrained_model"]
+
+    assert started_from("teacher_image") == str(built["work"] / "image_encoder")
+    # The annealing run continues the image stage, and the video stage starts from its output.
+    assert started_from("teacher_image_anneal") == str(built["work"] / "teacher_image")
+    assert started_from("teacher") == str(built["work"] / "teacher_image_anneal")
+    assert "teacher, image stage annealed" in timings
     # A build resumed from a finished teacher has no teacher timings: the section says its total leaves them out.
     report = json.loads((built["work"] / "evaluation" / "report.json").read_text())
     without_teacher = {name: seconds for name, seconds in timings.items() if name not in script.TEACHER_STAGES}

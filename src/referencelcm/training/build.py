@@ -22,7 +22,7 @@ from ..arguments import write_text_atomically
 from ..evaluation import PROBE_MAX_RATIO
 
 # Timing names of the stages that train the teacher; a work dir resumed from a finished teacher has none of them.
-TEACHER_STAGES = ("VAE", "image encoder", "teacher, image stage", "teacher, video stage")
+TEACHER_STAGES = ("VAE", "image encoder", "teacher, image stage", "teacher, image stage annealed", "teacher, video stage")
 # Arguments that change how a run saves, not what it learns: a resumed build may pass other values.
 BOOKKEEPING_ARGUMENTS = frozenset({"checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint"})
 # What a pipeline folder needs at inference; training leftovers (checkpoints, logs, validation videos) stay behind.
@@ -68,6 +68,9 @@ class Preset:
     # with), and the largest part-colour probe ratio it must reach (evaluation.image_encoder_probe; None skips).
     image_encoder: dict | None = None
     image_encoder_gate: float | None = PROBE_MAX_RATIO
+    # A second image-stage run from the first's weights (``train_teacher.py --stage image`` settings: a fresh, lower
+    # learning-rate schedule); the video stage starts from its output. None: the video stage starts from the first.
+    teacher_image_anneal: dict | None = None
     checkpointing_steps: int = 250
     # Every training stage keeps decoded frames in memory (--cache_frames): the data is small, PNG decoding is not.
     cache_frames: bool = False
