@@ -25,9 +25,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from referencelcm.arguments import run_main
+from referencelcm.arguments import run_main, write_text_atomically
 from referencelcm.build_report import evaluate_build, results_markdown, write_results_section
-from referencelcm.arguments import write_text_atomically
 from referencelcm.training.build import (
     ABLATION,
     SHIPPED_ENTRIES,

@@ -120,6 +120,7 @@ def test_smoke_build_ships_models_demo_and_tables_then_resumes(script, tmp_path,
     timings = json.loads((built["work"] / "timings.json").read_text())
     # The image stage started from the image-encoder stage's output, whose encoder it keeps.
     assert "image encoder" in timings and script.is_complete(built["work"] / "image_encoder")
+
     def started_from(stage: str) -> str:
         return json.loads((built["work"] / stage / "logs" / "config.json").read_text())["pretrained_model"]
 

@@ -22,7 +22,9 @@ from ..arguments import write_text_atomically
 from ..evaluation import PROBE_MAX_RATIO
 
 # Timing names of the stages that train the teacher; a work dir resumed from a finished teacher has none of them.
-TEACHER_STAGES = ("VAE", "image encoder", "teacher, image stage", "teacher, image stage annealed", "teacher, video stage")
+TEACHER_STAGES = (
+    "VAE", "image encoder", "teacher, image stage", "teacher, image stage annealed", "teacher, video stage"
+)
 # Arguments that change how a run saves, not what it learns: a resumed build may pass other values.
 BOOKKEEPING_ARGUMENTS = frozenset({"checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint"})
 # What a pipeline folder needs at inference; training leftovers (checkpoints, logs, validation videos) stay behind.
