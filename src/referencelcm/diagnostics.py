@@ -75,8 +75,8 @@ class ReferenceAttentionRecorder:
             hidden_states = args[0] if args else kwargs["hidden_states"]
             own = hidden_states.shape[1]
             mask = kwargs.get("attention_mask")
-            if mask is not None:
-                visible = torch.isfinite(mask[:, 0, own:]).all(dim=-1)
+            if mask is not None:  # one row per batch entry and head (ReferenceAttentionHook); heads agree
+                visible = torch.isfinite(mask[::module.heads, 0, own:]).all(dim=-1)
                 hidden_states, context = hidden_states[visible], context[visible]
             if hidden_states.shape[0] == 0:
                 return

@@ -228,6 +228,58 @@ def test_a_bank_computes_each_locality_prior_once(monkeypatch):
         run_denoising_unet(unet, reference_bank=ReferenceBank.cat([bank]), **denoising_inputs())
 
 
+class RecordingProcessor(AttnProcessor2_0):
+    """The default processor, recording ``(heads, batch, attention_mask)`` of every call that gets a mask."""
+
+    def __init__(self, calls):
+        self.calls = calls
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
+        if attention_mask is not None:
+            self.calls.append((attn.heads, hidden_states.shape[0], attention_mask))
+        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+
+
+def test_the_mask_comes_per_head_as_a_view_unless_a_reference_is_dropped(monkeypatch):
+    """Repeating and copying the mask per frame and head cost more than the attention at the bundled model's size:
+    the processors get one row per batch entry and head as a stride-0 view of one mask, copied out only for a bank
+    that drops references (CFG), and either is built once per bank and level."""
+    components = build_components(motion=True)
+    bank = write_bank(components["reference_unet"])
+    unet = components["denoising_unet"]
+    install_reference_attention(unet, "read", locality=0.1)
+    calls = []
+    unet.set_attn_processor(RecordingProcessor(calls))
+    inputs = denoising_inputs(num_frames=3)
+    with torch.no_grad():
+        viewed = run_denoising_unet(unet, reference_bank=bank, **inputs)
+    assert calls and all(mask.shape[0] == batch * heads and heads > 1 and mask.stride(0) == 0
+                         for heads, batch, mask in calls)
+    calls.clear()
+    dropped_bank = bank.with_drop(torch.tensor([True, False]))
+    with torch.no_grad():
+        dropped = run_denoising_unet(unet, reference_bank=dropped_bank, **inputs)
+    for heads, batch, mask in calls:
+        num_tokens = mask.shape[-1] // 2
+        assert mask.shape[0] == batch * heads and mask.is_contiguous()
+        assert torch.isneginf(mask[: batch * heads // 2, :, num_tokens:]).all()  # sample 0: no reference
+        assert torch.equal(mask[batch * heads // 2:], mask[-1:].expand_as(mask[batch * heads // 2:]))
+        assert torch.isfinite(mask[batch * heads // 2:]).all()
+    assert torch.equal(dropped[1], viewed[1])
+    assert torch.equal(dropped[0], stock_output(unet, **inputs)[0])
+    # The classic processor (baddbmm over the per-head rows) reads the same masks.
+    unet.set_attn_processor(AttnProcessor())
+    with torch.no_grad():
+        assert torch.allclose(run_denoising_unet(unet, reference_bank=bank, **inputs), viewed, atol=1e-5)
+        assert torch.allclose(run_denoising_unet(unet, reference_bank=dropped_bank, **inputs), dropped, atol=1e-5)
+    monkeypatch.setattr(ReferenceAttentionHook, "_attention_mask", lambda *args: pytest.fail("rebuilt"))
+    with torch.no_grad():
+        run_denoising_unet(unet, reference_bank=bank, **inputs)
+        run_denoising_unet(unet, reference_bank=dropped_bank, **inputs)
+    with pytest.raises(pytest.fail.Exception, match="rebuilt"):  # a derived bank with another drop builds its own
+        run_denoising_unet(unet, reference_bank=bank.with_drop(torch.tensor([False, True])), **inputs)
+
+
 def test_locality_needs_the_latent_size_recorded_by_the_r_unet_and_a_matching_grid():
     components = build_components(motion=False)
     bank = write_bank(components["reference_unet"])

@@ -47,12 +47,16 @@ class ReferenceBank:
         locality_biases: the locality priors ``(N, M)`` the reading layers computed, by grid, width and dtype: a bank
             lives for a whole pipeline call (every step, every layer of a level reads it), so each is computed once.
             Shared with the banks derived from this one (:meth:`with_drop`, :meth:`select`), which keep its grids.
+        attention_masks: the additive masks ``(B*F*heads, N or 1, N + M)`` the reading layers hand their attention
+            processor, by grid, frames and heads, computed once per bank like the priors. Not shared with derived
+            banks: the mask depends on ``drop``.
     """
 
     tokens: dict[str, torch.Tensor] = field(default_factory=dict)
     drop: torch.Tensor | None = None
     latent_size: tuple[int, int] | None = None
     locality_biases: dict[tuple, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
+    attention_masks: dict[tuple, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def batch_size(self) -> int:
@@ -62,7 +66,7 @@ class ReferenceBank:
         """The same tokens with a new per-sample ``(B,)`` bool drop mask (no copy)."""
         if drop is not None and (drop.ndim != 1 or drop.shape[0] != self.batch_size):
             raise ValueError(f"`drop` must have shape ({self.batch_size},), got {tuple(drop.shape)}.")
-        return replace(self, drop=None if drop is None else drop.to(torch.bool))
+        return replace(self, drop=None if drop is None else drop.to(torch.bool), attention_masks={})
 
     def drop_mask(self) -> torch.Tensor:
         """``(B,)`` bool, all ``False`` when no mask was set."""
@@ -73,7 +77,8 @@ class ReferenceBank:
     def select(self, index: torch.Tensor) -> "ReferenceBank":
         """The samples ``index`` ``(V,)`` of the batch, repeats allowed: e.g. each video's row of a batch of videos."""
         tokens = {name: values.index_select(0, index.to(values.device)) for name, values in self.tokens.items()}
-        return replace(self, tokens=tokens, drop=None if self.drop is None else self.drop[index.to(self.drop.device)])
+        drop = None if self.drop is None else self.drop[index.to(self.drop.device)]
+        return replace(self, tokens=tokens, drop=drop, attention_masks={})
 
     @classmethod
     def cat(cls, banks: Sequence["ReferenceBank"]) -> "ReferenceBank":
@@ -97,8 +102,10 @@ class ReferenceAttentionHook:
     - ``"write"`` (R-UNet ``attn1``): stores the layer's input ``(B, N, C)`` (the output of ``norm1``) in the bank.
     - ``"read"`` (D-UNet ``attn1``): passes ``encoder_hidden_states = [own ; reference]`` ``(B*F, N + M, C)``, the
       reference tokens broadcast to every frame, so the processor's ``to_k`` / ``to_v`` see both; samples the bank
-      drops get an additive mask ``(B*F, 1, N + M)`` of ``-inf`` on the reference part: plain self-attention. With
-      ``locality`` the mask is ``(B*F, N, N + M)`` and carries :func:`reference_locality_bias` on the reference part.
+      drops get an additive mask of ``-inf`` on the reference part: plain self-attention. With ``locality`` the mask
+      carries :func:`reference_locality_bias` on the reference part. The mask comes with one row per attention
+      batch entry and head, ``(B*F*heads, N or 1, N + M)``, so that processors use it as it is instead of repeating
+      it per head; without dropped samples it is a view of one ``(N, N + M)`` mask (no copy).
     - ``"plain"`` (every other spatial attention): only removes the keyword.
 
     The attention itself stays with whatever processor the module holds (``AttnProcessor2_0``, the default
@@ -125,14 +132,15 @@ class ReferenceAttentionHook:
                 "`encoder_hidden_states` or an `attention_mask` (got one)."
             )
         kwargs["encoder_hidden_states"], kwargs["attention_mask"] = self._reference_context(
-            hidden_states, reference_bank
+            hidden_states, reference_bank, module.heads
         )
         return args, kwargs
 
     def _reference_context(
-        self, hidden_states: torch.Tensor, reference_bank: ReferenceBank
+        self, hidden_states: torch.Tensor, reference_bank: ReferenceBank, heads: int
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``[own ; reference]`` ``(B*F, N + M, C)`` and the mask hiding dropped references (``None`` if none is)."""
+        """``[own ; reference]`` ``(B*F, N + M, C)`` and the additive mask ``(B*F*heads, N or 1, N + M)`` for its
+        attention (``None`` without a prior or a dropped reference)."""
         if self.name not in reference_bank.tokens:
             raise ValueError(
                 f"The reference bank has no tokens for D-UNet layer {self.name!r}; the R-UNet and the D-UNet must "
@@ -149,17 +157,33 @@ class ReferenceAttentionHook:
         context = torch.cat([hidden_states, reference], dim=1)
         if reference_bank.drop is None and self.locality is None:
             return context, None
-        rows, num_tokens, num_reference = context.shape[0], hidden_states.shape[1], reference.shape[1]
+        key = (reference_bank.latent_size, hidden_states.shape[1], reference.shape[1], self.locality,
+               hidden_states.device, hidden_states.dtype, num_frames * heads)
+        mask = reference_bank.attention_masks.get(key)
+        if mask is None:
+            mask = self._attention_mask(reference_bank, hidden_states, reference.shape[1], num_frames * heads)
+            reference_bank.attention_masks[key] = mask
+        return context, mask
+
+    def _attention_mask(
+        self, reference_bank: ReferenceBank, hidden_states: torch.Tensor, num_reference: int, rows_per_sample: int
+    ) -> torch.Tensor:
+        """The mask of :meth:`_reference_context`: ``rows_per_sample`` (frames x heads) rows per bank sample."""
+        num_tokens = hidden_states.shape[1]
         if self.locality is None:
-            reference_bias = hidden_states.new_zeros(1, 1, num_reference)
+            reference_bias = hidden_states.new_zeros(1, num_reference)
         else:
-            reference_bias = self._locality_bias(reference_bank, num_tokens, num_reference, hidden_states)[None]
-        reference_bias = reference_bias.expand(rows, -1, -1)
-        if reference_bank.drop is not None:
-            dropped = reference_bank.drop.to(hidden_states.device).repeat_interleave(num_frames).view(-1, 1, 1)
-            reference_bias = reference_bias.masked_fill(dropped, float("-inf"))
-        own_bias = hidden_states.new_zeros(rows, reference_bias.shape[1], num_tokens)
-        return context, torch.cat([own_bias, reference_bias], dim=-1)
+            reference_bias = self._locality_bias(reference_bank, num_tokens, num_reference, hidden_states)
+        mask = torch.cat([hidden_states.new_zeros(reference_bias.shape[0], num_tokens), reference_bias], dim=-1)
+        num_rows = reference_bank.batch_size * rows_per_sample
+        if reference_bank.drop is None:
+            # Measured at the bundled model's 16 x 16 level: repeating and copying the mask per frame and head took
+            # longer than the attention itself; a stride-0 view costs nothing and gives the same result.
+            return mask.expand(num_rows, -1, -1)
+        is_reference = torch.arange(mask.shape[-1], device=mask.device) >= num_tokens
+        dropped = reference_bank.drop.to(mask.device).view(-1, 1, 1) & is_reference
+        mask = torch.where(dropped, torch.tensor(float("-inf"), dtype=mask.dtype, device=mask.device), mask)
+        return mask.repeat_interleave(rows_per_sample, dim=0)
 
     def _locality_bias(
         self, reference_bank: ReferenceBank, num_tokens: int, num_reference: int, hidden_states: torch.Tensor
@@ -299,7 +323,8 @@ def install_reference_attention(unet: nn.Module, mode: str, locality: Locality =
         locality: ``"read"`` only: the standard deviation, as a fraction of the frame height, of the Gaussian prior
             on where each token looks in the reference (:func:`reference_locality_bias`); ``None``: none (Champ);
             or per layer, a mapping from module-name prefixes to those (:func:`layer_locality`; each key must match
-            a reading layer). It costs an attention mask of ``(B*F*heads, N, 2N)`` per reading layer that has it.
+            a reading layer). It costs an attention mask of ``(B*F*heads, N, 2N)`` per level and call (a view of
+            one ``(N, 2N)`` mask when no sample's reference is dropped).
 
     Returns:
         The module names of the spatial ``attn1`` layers that write or read.
