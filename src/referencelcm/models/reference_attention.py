@@ -157,8 +157,8 @@ class ReferenceAttentionHook:
         context = torch.cat([hidden_states, reference], dim=1)
         if reference_bank.drop is None and self.locality is None:
             return context, None
-        key = (reference_bank.latent_size, hidden_states.shape[1], reference.shape[1], self.locality,
-               hidden_states.device, hidden_states.dtype, num_frames * heads)
+        key = (reference_bank.latent_size, reference_bank.batch_size, hidden_states.shape[1], reference.shape[1],
+               self.locality, hidden_states.device, hidden_states.dtype, num_frames * heads)
         mask = reference_bank.attention_masks.get(key)
         if mask is None:
             mask = self._attention_mask(reference_bank, hidden_states, reference.shape[1], num_frames * heads)
