@@ -175,15 +175,13 @@ class ReferenceAttentionHook:
         else:
             reference_bias = self._locality_bias(reference_bank, num_tokens, num_reference, hidden_states)
         mask = torch.cat([hidden_states.new_zeros(reference_bias.shape[0], num_tokens), reference_bias], dim=-1)
-        num_rows = reference_bank.batch_size * rows_per_sample
         if reference_bank.drop is None:
             # Measured at the bundled model's 16 x 16 level: repeating and copying the mask per frame and head took
             # longer than the attention itself; a stride-0 view costs nothing and gives the same result.
-            return mask.expand(num_rows, -1, -1)
+            return mask.expand(reference_bank.batch_size * rows_per_sample, -1, -1)
         is_reference = torch.arange(mask.shape[-1], device=mask.device) >= num_tokens
         dropped = reference_bank.drop.to(mask.device).view(-1, 1, 1) & is_reference
-        mask = torch.where(dropped, torch.tensor(float("-inf"), dtype=mask.dtype, device=mask.device), mask)
-        return mask.repeat_interleave(rows_per_sample, dim=0)
+        return torch.where(dropped, float("-inf"), mask).repeat_interleave(rows_per_sample, dim=0)
 
     def _locality_bias(
         self, reference_bank: ReferenceBank, num_tokens: int, num_reference: int, hidden_states: torch.Tensor
