@@ -13,6 +13,7 @@ from PIL import Image
 from referencelcm.data.layout import CHAMP_FOLDERS, CHAMP_GUIDANCE_TYPES, IMAGE_FOLDER, MASK_FOLDER
 from referencelcm.data.synthdance import MAP_NAMES, cli, generate_dataset, pose_video, render_video, sample_video_spec
 from referencelcm.data.synthdance.appearance import clothing_pairs
+from referencelcm.data.synthdance.writer import dance_specs
 from referencelcm.data.synthdance.body import JOINT_INDEX, JOINT_NAMES, BodyShape, forward_kinematics, rotation_y
 from referencelcm.data.synthdance.motion import Motion
 from referencelcm.data.synthdance.openpose import KEYPOINT_NAMES, openpose_keypoints
@@ -358,3 +359,46 @@ def test_semantic_part_labels_decode_palette_colours_exactly_and_others_to_the_n
         assert labels.shape == maps.shape[:-1] and labels.dtype == np.int16
         assert np.array_equal(labels, brute_force)
     assert np.array_equal(semantic_part_labels(exact), drawn - 1)  # row 0 of the palette is the background, -1
+
+
+# ----------------------------------------------------------------------------------------------------------
+# compilations: several dances of one identity in a row
+
+
+def test_dances_make_a_compilation_of_one_identity_in_one_scene(tmp_path, dataset_roots):
+    single, _ = dataset_roots
+    compilation = tmp_path / "dances"
+    assert _synth(compilation, "--dances", "2") == 0
+    index = json.loads((compilation / "index.json").read_text())
+    assert index["dances"] == 2 and index["num_frames"] == 2 * NUM_FRAMES
+    for video in sorted(path for path in single.iterdir() if path.is_dir()):
+        other = compilation / video.name
+        meta = json.loads((other / "meta.json").read_text())
+        spec = sample_video_spec(SEED, meta["index"], NUM_FRAMES, RESOLUTION)
+        assert [dance["first_frame"] for dance in meta["dances"]] == [0, NUM_FRAMES]
+        assert meta["dances"][0]["motion_seed"] == spec.motion_seed != meta["dances"][1]["motion_seed"]
+        for folder in CHAMP_FOLDERS:
+            frames = _frames(other / folder)
+            assert len(frames) == 2 * NUM_FRAMES
+            # the first dance is the single-dance video, pixel for pixel
+            np.testing.assert_array_equal(frames[:NUM_FRAMES], _frames(video / folder))
+        # the second is the same person in the same scene, dancing something else
+        second = render_video(dance_specs(spec, 2)[1])
+        np.testing.assert_array_equal(_frames(other / IMAGE_FOLDER)[NUM_FRAMES:], second[IMAGE_FOLDER])
+        assert not np.array_equal(second["dwpose"], _frames(video / "dwpose"))
+        background = ~_frames(other / MASK_FOLDER)[..., 0].astype(bool)
+        corners = _frames(other / IMAGE_FOLDER)[:, :4, :4]
+        assert background[:, :4, :4].all() and np.abs(corners[NUM_FRAMES:].mean((0, 1, 2)).astype(float)
+                                                      - corners[:NUM_FRAMES].mean((0, 1, 2))).max() < 8
+
+
+def test_dances_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="dances"):
+        generate_dataset(tmp_path, 2, 2, 32, seed=0, split="reenact", dances=2)
+    with pytest.raises(ValueError, match="dances"):
+        generate_dataset(tmp_path, 1, 2, 32, seed=0, dances=0)
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    for extra in (["--dances", "0"], ["--dances", "2", "--split", "reenact"]):
+        with pytest.raises(ValueError, match="--dances"):
+            cli.run(parser.parse_args(["--output", str(tmp_path), "--no-progress", *extra]))

@@ -125,10 +125,19 @@ def test_smoke_build_ships_models_demo_and_tables_then_resumes(script, tmp_path,
         return json.loads((built["work"] / stage / "logs" / "config.json").read_text())["pretrained_model"]
 
     assert started_from("teacher_image") == str(built["work"] / "image_encoder")
-    # The annealing run continues the image stage, and the video stage starts from its output.
+    # The annealing run continues the image stage, the run on dance compilations continues it, and the video stage
+    # starts from that one's output.
     assert started_from("teacher_image_anneal") == str(built["work"] / "teacher_image")
-    assert started_from("teacher") == str(built["work"] / "teacher_image_anneal")
-    assert "teacher, image stage annealed" in timings
+    assert started_from("teacher_image_dances") == str(built["work"] / "teacher_image_anneal")
+    assert started_from("teacher") == str(built["work"] / "teacher_image_dances")
+    assert "teacher, image stage annealed" in timings and "teacher, image stage on dances" in timings
+    # Only that run reads the compilations, which hold every training identity dancing twice.
+    trained_on = {stage: json.loads((built["work"] / stage / "logs" / "config.json").read_text())["train_data_dir"]
+                  for stage in ("teacher_image_anneal", "teacher_image_dances", "teacher")}
+    assert trained_on == {"teacher_image_anneal": str(build.train_data), "teacher_image_dances": str(build.dances_data),
+                          "teacher": str(build.train_data)}
+    compilation = json.loads((build.dances_data / "index.json").read_text())
+    assert compilation["dances"] == 2 and compilation["num_frames"] == 2 * script.PRESETS["smoke"].train_frames
     # A build resumed from a finished teacher has no teacher timings: the section says its total leaves them out.
     report = json.loads((built["work"] / "evaluation" / "report.json").read_text())
     without_teacher = {name: seconds for name, seconds in timings.items() if name not in script.TEACHER_STAGES}

@@ -340,3 +340,20 @@ def test_reference_crop_scale_flag_reaches_the_dataset(synth_root, tmp_path):
                               feature_extractor=build_components()["feature_extractor"])
     dataset, _, _ = training_dataloader(args, pipe, 1)
     assert dataset.reference_crop_scale == (0.7, 1.0) and dataset.reference_crop_probability == 0.5
+
+
+def test_compilations_give_references_from_the_other_dance_and_no_clips(tmp_path):
+    """A video of two dances (SynthDance ``dances=2``): image items draw references across the cut, clips refuse it."""
+    root = generate_dataset(tmp_path, 2, 6, 32, seed=5, progress=False, dances=2)
+    dataset = ReferenceVideoDataset(root, 32, num_references=2, seed=0)
+    assert len(dataset) == 2 * 12
+    other_dance = [(dataset[index]["reference_indices"] >= 6) != (dataset.locate(index)[1] >= 6)
+                   for index in range(len(dataset))]
+    assert 0.3 < float(torch.cat(other_dance).float().mean()) < 1.0  # both kinds of reference occur
+    with pytest.raises(ValueError, match="compilation of several dances.*num_frames=2"):
+        ReferenceVideoDataset(root, 32, num_frames=2)
+    (root / "train_00000" / "meta.json").write_text("{not json")  # a corrupt meta.json is named, or skipped
+    with pytest.raises(ValueError, match="train_00000.*meta.json.*not valid JSON"):
+        ReferenceVideoDataset(root, 32, num_frames=2)
+    with pytest.warns(UserWarning, match="not valid JSON"), pytest.raises(ValueError, match="compilation"):
+        ReferenceVideoDataset(root, 32, num_frames=2, on_invalid="skip")

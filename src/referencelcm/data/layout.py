@@ -34,6 +34,9 @@ CHAMP_FOLDERS = (IMAGE_FOLDER, *CHAMP_GUIDANCE_TYPES, MASK_FOLDER)
 SEMANTIC_FOLDER = "semantic_map"
 INDEX_FILE = "index.json"
 META_FILE = "meta.json"
+# meta.json key of a compilation video (several dances of one identity, cut between them): where each dance starts,
+# [{"first_frame", "num_frames", ...}, ...]. A clip must not cross a cut.
+DANCES_KEY = "dances"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
@@ -202,6 +205,20 @@ def list_frames(video_dir: str | os.PathLike) -> list[str]:
     raise FileNotFoundError(
         f"video {str(video_dir)!r} has none of the folders {(IMAGE_FOLDER, *CHAMP_GUIDANCE_TYPES)}."
     )
+
+
+def video_dances(video_dir: str | os.PathLike) -> list[dict]:
+    """The dances of a compilation video (``meta.json`` ``dances``), or ``[]`` for a single-dance video or one
+    without ``meta.json``."""
+    meta_path = Path(video_dir) / META_FILE
+    if not meta_path.is_file():
+        return []
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{str(meta_path)!r} is not valid JSON: {error}.") from error
+    dances = meta.get(DANCES_KEY, []) if isinstance(meta, dict) else []
+    return dances if len(dances) > 1 else []
 
 
 def list_videos(root: str | os.PathLike) -> list[Path]:

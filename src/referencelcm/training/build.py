@@ -23,7 +23,8 @@ from ..evaluation import PROBE_MAX_RATIO
 
 # Timing names of the stages that train the teacher; a work dir resumed from a finished teacher has none of them.
 TEACHER_STAGES = (
-    "VAE", "image encoder", "teacher, image stage", "teacher, image stage annealed", "teacher, video stage"
+    "VAE", "image encoder", "teacher, image stage", "teacher, image stage annealed", "teacher, image stage on dances",
+    "teacher, video stage",
 )
 # Arguments that change how a run saves, not what it learns: a resumed build may pass other values.
 BOOKKEEPING_ARGUMENTS = frozenset({"checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint"})
@@ -73,6 +74,10 @@ class Preset:
     # A second image-stage run from the first's weights (``train_teacher.py --stage image`` settings: a fresh, lower
     # learning-rate schedule); the video stage starts from its output. None: the video stage starts from the first.
     teacher_image_anneal: dict | None = None
+    # A last image-stage run on compilations of ``dances`` dances per identity (``data/train_dances``, SynthDance
+    # ``dances``): references in another pose than the target (``train_teacher.py --stage image`` settings; None: none).
+    teacher_image_dances: dict | None = None
+    dances: int = 2
     checkpointing_steps: int = 250
     # Every training stage keeps decoded frames in memory (--cache_frames): the data is small, PNG decoding is not.
     cache_frames: bool = False
@@ -125,6 +130,11 @@ class Build:
         return self.work_dir / "data" / "train"
 
     @property
+    def dances_data(self) -> Path:
+        """The training identities again, each dancing ``preset.dances`` dances in a row (``teacher_image_dances``)."""
+        return self.work_dir / "data" / "train_dances"
+
+    @property
     def test_data(self) -> Path:
         return self.work_dir / "data" / "test"
 
@@ -167,11 +177,14 @@ def is_complete(folder: Path) -> bool:
     return (folder / "model_index.json").is_file()
 
 
-def stage_arguments(build: Build, output: Path, settings: dict, extra: Sequence[str]) -> list[str]:
-    """A training script's flags for one stage writing ``output``: the build's train data, resolution and seed, no
-    trackers, a checkpoint every ``preset.checkpointing_steps`` (only the latest kept, and resumed from), then
-    ``extra`` and the stage's ``settings`` as ``--name value`` pairs."""
-    arguments = ["--train_data_dir", str(build.train_data), "--output_dir", str(output),
+def stage_arguments(
+    build: Build, output: Path, settings: dict, extra: Sequence[str], train_data: Path | None = None
+) -> list[str]:
+    """A training script's flags for one stage writing ``output``: the build's train data (or ``train_data``),
+    resolution and seed, no trackers, a checkpoint every ``preset.checkpointing_steps`` (only the latest kept, and
+    resumed from), then ``extra`` and the stage's ``settings`` as ``--name value`` pairs."""
+    train_data = build.train_data if train_data is None else train_data
+    arguments = ["--train_data_dir", str(train_data), "--output_dir", str(output),
                  "--resolution", str(build.preset.resolution), "--seed", str(build.seed), "--report_to", "none",
                  "--checkpointing_steps", str(build.preset.checkpointing_steps), "--checkpoints_total_limit", "1",
                  "--resume_from_checkpoint", "latest", *extra]

@@ -33,12 +33,14 @@ from torch.utils.data import Dataset, Sampler
 
 from ..data.layout import (
     CHAMP_GUIDANCE_TYPES,
+    DANCES_KEY,
     IMAGE_FOLDER,
     ChampVideo,
     list_videos,
     read_guidance_frames,
     read_image_array,
     validate_video_dir,
+    video_dances,
 )
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -179,12 +181,19 @@ class ReferenceVideoDataset(Dataset):
         for video_dir in list_videos(root):
             try:
                 video = validate_video_dir(video_dir, self.guidance_types, require_images=True)
+                compilation = self.num_frames > 1 and bool(video_dances(video_dir))
             except (FileNotFoundError, ValueError) as error:
                 if on_invalid == "raise":
                     raise
                 warnings.warn(f"skipping invalid video: {error}", stacklevel=3)
                 self.skipped.append((str(video_dir), str(error)))
                 continue
+            if compilation:
+                raise ValueError(
+                    f"video {str(video_dir)!r} is a compilation of several dances (meta.json {DANCES_KEY!r}): a clip "
+                    f"of num_frames={self.num_frames} would cross the cut between them. Train clips on single-dance "
+                    "videos; compilations are for the image stage (num_frames=1)."
+                )
             if video.num_frames < clip_span:
                 reason = (f"video {str(video_dir)!r} has {video.num_frames} frames, fewer than a clip of "
                           f"num_frames={self.num_frames} at frame_stride={self.frame_stride} needs ({clip_span}).")

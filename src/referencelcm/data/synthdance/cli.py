@@ -9,7 +9,8 @@ from .writer import DATASET_SPLITS, DEFAULT_FPS, FORMAT_VERSION, FORMAT_VERSIONS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds ``--output --num-videos --num-frames --resolution --seed --split --fps --format-version --no-progress``."""
+    """Adds ``--output --num-videos --num-frames --resolution --seed --split --fps --format-version --dances
+    --no-progress``."""
     parser.add_argument("--output", required=True, help="dataset root to write (created if needed)")
     parser.add_argument("--num-videos", type=int, default=8, help="number of videos, one identity each (default 8)")
     parser.add_argument("--num-frames", type=int, default=48, help="frames per video (default 48)")
@@ -22,6 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format-version", type=int, choices=FORMAT_VERSIONS, default=FORMAT_VERSION,
                         help=f"SynthDance format: 2 frames the body larger than 1; 1 reproduces datasets made before "
                              f"(default {FORMAT_VERSION})")
+    parser.add_argument("--dances", type=int, default=1,
+                        help="train/test: each video is a compilation of this many dances of its identity, "
+                             "--num-frames each, cut between them (references in another pose than the target; "
+                             "image-stage training only) (default 1)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -33,8 +38,11 @@ def run(args: argparse.Namespace) -> int:
         ("--resolution", args.resolution, 16),
         ("--fps", args.fps, 1),
         ("--seed", args.seed, 0),
+        ("--dances", args.dances, 1),
     ):
         check_at_least(flag, value, minimum)
+    if args.split == "reenact" and args.dances != 1:
+        raise ValueError(f"--dances must be 1 for --split reenact (its pairs are single dances), got {args.dances}.")
     if args.split == "reenact" and args.num_videos < 2:
         raise ValueError(f"--num-videos must be at least 2 for --split reenact (pairs of identities), got "
                          f"{args.num_videos}.")
@@ -49,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         fps=args.fps,
         version=args.format_version,
+        dances=args.dances,
     )
-    print(f"wrote {args.num_videos} {args.split} video(s) x {args.num_frames} frame(s) at "
+    dances = f" x {args.dances} dances" if args.dances > 1 else ""
+    print(f"wrote {args.num_videos} {args.split} video(s){dances} x {args.num_frames} frame(s) at "
           f"{args.resolution}x{args.resolution} (format {args.format_version}) to {root}")
     return 0

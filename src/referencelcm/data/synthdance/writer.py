@@ -11,6 +11,12 @@ video frames (where references come from) and ``original/`` A's own frames (what
 the reference). Every video is written into a hidden temporary folder and renamed into place once complete (its
 ``meta.json`` included), so an interrupted run never leaves a half-written video that looks complete; re-running the
 same command skips the videos already complete and identical.
+
+``dances > 1`` (train and test splits) makes each video a compilation: the identity dances ``dances`` different
+motions in a row, in the same scene, cut between them (:func:`dance_specs`; ``meta.json`` ``dances`` lists where each
+starts). Intra-source references then often show the person in another dance than the target, as a user's reference
+photo does; image-stage training only, since a clip would cross the cut (the training dataset refuses such videos
+for clips).
 """
 
 from __future__ import annotations
@@ -19,15 +25,16 @@ import json
 import os
 import shutil
 from dataclasses import asdict, dataclass, replace
+from itertools import chain
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
 from ...arguments import write_text_atomically
-from ..layout import INDEX_FILE, META_FILE
+from ..layout import DANCES_KEY, INDEX_FILE, META_FILE
 from .appearance import SPLITS, Appearance, Background, Identity, Lighting, clothing_pairs
 from .body import BodyPoses, BodyShape, forward_kinematics
 from .motion import Motion
@@ -44,6 +51,7 @@ DATASET_SPLITS = (*SPLITS, REENACT_SPLIT)
 REFERENCE_FOLDER = "reference"  # reenact: B's own video frames, where references are taken from
 ORIGINAL_FOLDER = "original"  # reenact: A's own video frames (A's appearance)
 _REENACT_IDENTITY_SPLIT = "test"  # reenactment pairs identities unseen in training
+DANCE_SEED_STRIDE = 7919  # motion seed of dance d of a compilation: the video's own motion seed + d × this
 
 
 @dataclass(frozen=True)
@@ -226,6 +234,25 @@ def sample_reenact_spec(
                        appearance=appearance)
 
 
+def dance_specs(spec: VideoSpec, dances: int) -> list[VideoSpec]:
+    """``spec`` and ``dances − 1`` other dances of the same identity in the same scene (other motion seeds)."""
+    dances = _check_positive_int("dances", dances)
+    return [replace(spec, motion_seed=spec.motion_seed + DANCE_SEED_STRIDE * dance) for dance in range(dances)]
+
+
+def compilation_meta(specs: list[VideoSpec]) -> dict:
+    """``meta.json`` of a compilation of ``specs`` (the first one's, with the total frame count and the dances)."""
+    first_frames = np.cumsum([0] + [spec.num_frames for spec in specs])
+    return {
+        **specs[0].to_json(),
+        "num_frames": int(first_frames[-1]),
+        DANCES_KEY: [
+            {"motion_seed": spec.motion_seed, "first_frame": int(first), "num_frames": spec.num_frames}
+            for spec, first in zip(specs, first_frames)
+        ],
+    }
+
+
 def pose_video(spec: VideoSpec) -> tuple[BodyPoses, np.ndarray, np.ndarray]:
     """The body's world pose per frame and the camera path: ``(poses (T, J, ...), zoom (T,), pan (T,))``."""
     motion = Motion.sample(spec.motion_seed)
@@ -272,11 +299,13 @@ def write_video(
     progress_bar: tqdm | None = None,
     extra_images: dict[str, VideoSpec] | None = None,
     meta: dict | None = None,
+    continued_by: Sequence[VideoSpec] = (),
 ) -> Path:
     """Renders ``spec`` into ``root/<video_id>`` through a temporary folder renamed into place when complete.
 
     ``extra_images`` adds folders holding only the ``images`` of other specs (a reenactment pair's ``reference/``
-    and ``original/``); ``meta`` replaces ``spec.to_json()`` as ``meta.json``.
+    and ``original/``); ``meta`` replaces ``spec.to_json()`` as ``meta.json``; ``continued_by`` appends the frames of
+    further specs after ``spec``'s (a compilation's other dances, :func:`dance_specs`).
     """
     final = root / spec.video_id
     temporary = root / f"{_TEMPORARY_PREFIX}{spec.video_id}-{os.getpid()}"
@@ -284,8 +313,9 @@ def write_video(
         shutil.rmtree(temporary)
     for name in MAP_NAMES:
         (temporary / name).mkdir(parents=True)
-    for frame, maps in enumerate(render_frames(spec)):
-        file_name = frame_file_name(frame, spec.num_frames)
+    total_frames = spec.num_frames + sum(other.num_frames for other in continued_by)
+    for frame, maps in enumerate(chain.from_iterable(render_frames(part) for part in (spec, *continued_by))):
+        file_name = frame_file_name(frame, total_frames)
         for name in MAP_NAMES:
             _save_png(maps[name], temporary / name / file_name)
         if progress_bar is not None:
@@ -317,6 +347,7 @@ def generate_dataset(
     progress: bool = True,
     fps: int = DEFAULT_FPS,
     version: int = FORMAT_VERSION,
+    dances: int = 1,
 ) -> Path:
     """Writes a SynthDance dataset in Champ's layout and returns its root.
 
@@ -333,6 +364,8 @@ def generate_dataset(
         fps: frame rate of the motion (frames per second of simulated time), stored in ``meta.json``.
         version: the SynthDance format (``FORMAT_VERSIONS``): 2 frames the body larger than 1 (see
             ``renderer.FRAMINGS``); identities and motions are the same. Datasets made before keep their version.
+        dances: train and test splits: each video is a compilation of this many dances of its identity, each
+            ``num_frames`` long, cut between them (:func:`dance_specs`); 1 (default): one dance.
 
     Returns:
         The root ``Path``, containing ``index.json``.
@@ -344,6 +377,9 @@ def generate_dataset(
         raise ValueError(f"`resolution` must be at least 16 pixels, got {resolution}.")
     _check_split(split, DATASET_SPLITS)
     _check_version(version)
+    dances = _check_positive_int("dances", dances)
+    if split == REENACT_SPLIT and dances > 1:
+        raise ValueError(f"`dances` must be 1 for the reenact split (its pairs are single dances), got {dances}.")
     if split == REENACT_SPLIT and num_videos < 2:
         raise ValueError(f"`num_videos` must be at least 2 for the reenact split (pairs of identities), got {num_videos}.")
     root = Path(output_dir)
@@ -354,7 +390,7 @@ def generate_dataset(
         pairs = [sample_reenact_spec(seed, index, num_videos, num_frames, resolution, fps, version)
                  for index in range(num_videos)]
         jobs = [
-            (pair.ground_truth, {REFERENCE_FOLDER: pair.appearance, ORIGINAL_FOLDER: pair.motion}, pair.to_json())
+            (pair.ground_truth, {REFERENCE_FOLDER: pair.appearance, ORIGINAL_FOLDER: pair.motion}, pair.to_json(), ())
             for pair in pairs
         ]
         entries = [
@@ -363,30 +399,33 @@ def generate_dataset(
             for pair in pairs
         ]
     else:
-        specs = [sample_video_spec(seed, index, num_frames, resolution, split, fps, version)
+        specs = [dance_specs(sample_video_spec(seed, index, num_frames, resolution, split, fps, version), dances)
                  for index in range(num_videos)]
-        jobs = [(spec, None, spec.to_json()) for spec in specs]
+        jobs = [(parts[0], None, parts[0].to_json() if dances == 1 else compilation_meta(parts), parts[1:])
+                for parts in specs]
         entries = [
-            {"video_id": spec.video_id, "identity_id": spec.identity.identity_id, "num_frames": num_frames}
-            for spec in specs
+            {"video_id": parts[0].video_id, "identity_id": parts[0].identity.identity_id,
+             "num_frames": num_frames * dances}
+            for parts in specs
         ]
-    frames_per_job = num_frames * (3 if split == REENACT_SPLIT else 1)
+    frames_per_job = num_frames * (3 if split == REENACT_SPLIT else dances)
     with tqdm(total=num_videos * frames_per_job, unit="frame", desc=f"synthdance {split}", disable=not progress) as bar:
-        for spec, extra_images, meta in jobs:
+        for spec, extra_images, meta, continued_by in jobs:
             if _is_complete(root / spec.video_id, meta):
                 bar.update(frames_per_job)
                 continue
-            write_video(spec, root, bar, extra_images, meta)
-            bar.update(frames_per_job - num_frames)
+            write_video(spec, root, bar, extra_images, meta, continued_by)
+            bar.update(frames_per_job - num_frames * len((spec, *continued_by)))
     folders = list(MAP_NAMES) + ([REFERENCE_FOLDER, ORIGINAL_FOLDER] if split == REENACT_SPLIT else [])
     index = {
         "generator": "synthdance",
         "format_version": version,
         "split": split,
         "seed": int(seed),
-        "num_frames": num_frames,
+        "num_frames": num_frames * dances,
         "resolution": resolution,
         "fps": fps,
+        **({DANCES_KEY: dances} if dances > 1 else {}),
         "folders": folders,
         "videos": entries,
     }
