@@ -15,6 +15,10 @@ Each item carries ``k = num_references`` reference frames of the *same* video (R
 ``min_reference_gap`` frames away from every target frame where the video allows it: the members of an ETA equivalent
 group. ``MultiSourceBatchSampler`` puts several videos into every batch, and ``source_id`` in the batch tells which
 samples are inter-source (ERS) pairs for CoNS.
+
+A compilation video (several dances of one identity cut together, SynthDance ``dances``; ``meta.json`` ``dances``)
+gives the image phase references in another pose than the target; the video phase refuses it (a clip would cross the
+cut).
 """
 
 from __future__ import annotations
