@@ -69,12 +69,12 @@ PRESETS = {
         # (reenactment), SSIM +0.06, on seed-1 splits (benchmarks/RESULTS.md, "Annealing the image stage").
         teacher_image_anneal=dict(max_train_steps=1500, train_batch_size=8, learning_rate=3e-4, lr_scheduler="cosine",
                                   lr_warmup_steps=50, person_loss_weight=8, guidance_type_dropout=0.1),
-        # 1,000 steps more on compilations of two dances per identity, so that about two in three references show
-        # another dance than the target. Pilot (seed-1 splits): −3.80 ± 0.86 part ΔE in reenactment against the same
-        # run on single dances, +1.07 ± 0.27 on the self split. The rebuilt teacher on fresh splits (seed 2, paired,
-        # 20 steps + CFG): −4.83 ± 0.77 in reenactment; part ΔE ÷ ignoring 0.480 → 0.457 self, 0.798 → 0.666
-        # reenactment, swap 0.522 → 0.434 (seeds 2–3; benchmarks/RESULTS.md, "The teacher's image stage on dance
-        # compilations").
+        # 1,000 steps more on compilations of two dances per identity, so that about three references in four
+        # (74.8 % counted) show another dance than the target. Pilot (seed-1 splits): −3.80 ± 0.86 part ΔE in
+        # reenactment against the same run on single dances, +1.07 ± 0.27 on the self split. The rebuilt teacher on
+        # fresh splits (seed 2, paired, 20 steps + CFG): −4.83 ± 0.77 in reenactment; part ΔE ÷ ignoring 0.480 →
+        # 0.457 self, 0.798 → 0.666 reenactment, swap 0.522 → 0.434 (seeds 2–3; benchmarks/RESULTS.md, "The
+        # teacher's image stage on dance compilations").
         teacher_image_dances=dict(max_train_steps=1000, train_batch_size=8, learning_rate=3e-4, lr_scheduler="cosine",
                                   lr_warmup_steps=50, person_loss_weight=8, guidance_type_dropout=0.1),
         teacher_video=dict(max_train_steps=400, train_batch_size=2, learning_rate=2e-4, person_loss_weight=8,

@@ -21,10 +21,10 @@ GUIDANCE_TYPES = {"depth", "normal", "semantic_map", "dwpose"}
 # noise 0.33). The floor sits above the constant videos with a margin for other CPUs and library versions.
 PERSON_SSIM_FLOOR = 0.3
 # The demo's part ΔE with its own reference ÷ the mean with the references of OTHER_IDENTITIES other test identities
-# (SynthDance test split, seed 1): measured 0.240 (14.2 against 74.6, 44.3, 58.5) on the shipped student (0.231 and
-# 0.248 on the two before it, whose teachers also read the reference with the locality prior); 0.375 on the one
-# before those, which took the person from the CLIP embedding alone; a model that ignores the reference scores about
-# 1. The ceiling fails that earlier model.
+# (SynthDance test split, seed 1): measured 0.240 (14.2 against 74.6, 44.3, 58.5) on the shipped student (0.231 on
+# the one before it, 0.248 on an earlier one, whose teachers also read the reference with the locality prior); 0.375
+# on one that took the person from the CLIP embedding alone; a model that ignores the reference scores about 1. The
+# ceiling fails that earlier model.
 OTHER_IDENTITIES = 3
 APPEARANCE_RATIO_CEILING = 0.35
 NOISE_FLICKER = 0.1
